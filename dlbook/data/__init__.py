@@ -1,0 +1,10 @@
+"""Datasets: a checksummed registry, a mirror-aware fetcher and the loaders built on them."""
+
+from .download import ChecksumError, MissingDataError, cache_dir, fetch, sha256_of, verify
+from .mnist import Splits, load_mnist
+from .registry import REGISTRY, DataFile, lookup
+
+__all__ = [
+    "REGISTRY", "ChecksumError", "DataFile", "MissingDataError", "Splits",
+    "cache_dir", "fetch", "load_mnist", "lookup", "sha256_of", "verify",
+]

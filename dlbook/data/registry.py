@@ -1,0 +1,92 @@
+"""The datasets the course uses: where each file comes from, its checksum and its licence.
+
+A file's ``key`` is also its path inside a mirror (``$DLBOOK_DATA_MIRROR/<key>``) and inside the
+local cache, so one mirror folder serves every machine in an offline classroom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One downloadable file, identified by ``key`` (e.g. ``mnist/t10k-images-idx3-ubyte.gz``)."""
+
+    key: str
+    url: str
+    sha256: str
+    license: str
+    description: str
+
+    @property
+    def filename(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+
+_MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # torchvision's first MNIST mirror
+_MNIST_LICENSE = "CC BY-SA 3.0 (Y. LeCun, C. Cortes, C. J. C. Burges)"
+
+REGISTRY: dict[str, DataFile] = {
+    f.key: f
+    for f in [
+        DataFile(
+            "mnist/train-images-idx3-ubyte.gz",
+            _MNIST_URL + "train-images-idx3-ubyte.gz",
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            _MNIST_LICENSE,
+            "MNIST training images, 60,000 x 28 x 28 (IDX3)",
+        ),
+        DataFile(
+            "mnist/train-labels-idx1-ubyte.gz",
+            _MNIST_URL + "train-labels-idx1-ubyte.gz",
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            _MNIST_LICENSE,
+            "MNIST training labels, 60,000 (IDX1)",
+        ),
+        DataFile(
+            "mnist/t10k-images-idx3-ubyte.gz",
+            _MNIST_URL + "t10k-images-idx3-ubyte.gz",
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            _MNIST_LICENSE,
+            "MNIST test images, 10,000 x 28 x 28 (IDX3)",
+        ),
+        DataFile(
+            "mnist/t10k-labels-idx1-ubyte.gz",
+            _MNIST_URL + "t10k-labels-idx1-ubyte.gz",
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            _MNIST_LICENSE,
+            "MNIST test labels, 10,000 (IDX1)",
+        ),
+        DataFile(
+            "tinyshakespeare/input.txt",
+            "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+            "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+            "public domain text",
+            "Tiny Shakespeare, 1,115,394 characters",
+        ),
+        DataFile(
+            "rt-polarity/rt-polarity.pos",
+            "https://raw.githubusercontent.com/dennybritz/cnn-text-classification-tf/master/data/rt-polaritydata/rt-polarity.pos",
+            "4134882974a28d0c7b5151256f0e33a6169984ee7372c279e673f1114f475d58",
+            "free for research use; cite Pang & Lee, ACL 2005",
+            "Sentence polarity v1.0, 5,331 positive sentences",
+        ),
+        DataFile(
+            "rt-polarity/rt-polarity.neg",
+            "https://raw.githubusercontent.com/dennybritz/cnn-text-classification-tf/master/data/rt-polaritydata/rt-polarity.neg",
+            "2d11cfbc790f1cd96d78339f41ce53ced1efa83cd22d37d6788fa3fe3d17e2fd",
+            "free for research use; cite Pang & Lee, ACL 2005",
+            "Sentence polarity v1.0, 5,331 negative sentences",
+        ),
+    ]
+}
+
+
+def lookup(key: str) -> DataFile:
+    """The registry entry for ``key``, or a ``KeyError`` listing the known keys."""
+    try:
+        return REGISTRY[key]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise KeyError(f"no dataset file {key!r} in the registry; known files: {known}") from None

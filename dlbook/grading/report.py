@@ -1,0 +1,93 @@
+"""Grading results: one row per student and notebook, written as CSV and printed as a table."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Meaning of each status (also in book/instructors.md).
+STATUSES: dict[str, str] = {
+    "graded": "autograded; score is the sum of the passed test cells",
+    "missing-notebook": "no notebook with the expected name in the student's folder",
+    "invalid-notebook": "the file is not a valid notebook (bad JSON, not nbformat 4, schema error)",
+    "invalid-student-id": "the folder name cannot be used as an nbgrader student id",
+    "timeout": "autograding the student took longer than --timeout seconds and was killed",
+    "autograde-error": "nbgrader failed on the notebook (e.g. the kernel died); see the message and the log",
+}
+
+BASE_COLUMNS = ["student_id", "assignment", "notebook", "score", "max_score", "status", "message"]
+
+
+@dataclass
+class GradeRow:
+    """Result for one notebook of one student. ``score`` is ``None`` unless ``status == "graded"``."""
+
+    student_id: str
+    assignment: str
+    notebook: str
+    status: str
+    message: str = ""
+    score: float | None = None
+    max_score: float | None = None
+    exercises: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}")
+        self.message = " ".join(self.message.split())[:500]
+
+
+def _number(value: float | None) -> str:
+    """``12.0`` -> ``"12"``, ``2.5`` -> ``"2.5"``, ``None`` -> ``""``."""
+    return "" if value is None else f"{value:g}"
+
+
+def _natural_key(text: str) -> list[object]:
+    """Sort key putting ``ex2`` before ``ex10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def exercise_columns(rows: list[GradeRow]) -> list[str]:
+    """Per-exercise column names present in ``rows``, in natural order."""
+    return sorted({name for row in rows for name in row.exercises}, key=_natural_key)
+
+
+def write_csv(rows: list[GradeRow], path: Path) -> None:
+    """Write ``rows`` to ``path`` (UTF-8, one header line, per-exercise columns last)."""
+    extra = exercise_columns(rows)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=BASE_COLUMNS + extra)
+        writer.writeheader()
+        for row in rows:
+            record = {
+                "student_id": row.student_id,
+                "assignment": row.assignment,
+                "notebook": row.notebook,
+                "score": _number(row.score),
+                "max_score": _number(row.max_score),
+                "status": row.status,
+                "message": row.message,
+            }
+            record.update({name: _number(row.exercises.get(name)) for name in extra})
+            writer.writerow(record)
+
+
+def format_summary(rows: list[GradeRow], width: int = 60) -> str:
+    """Plain-text table of ``rows`` followed by a count per status."""
+    header = ("student", "notebook", "score", "status", "message")
+    lines = [header]
+    for row in rows:
+        score = f"{_number(row.score) or '-'}/{_number(row.max_score) or '?'}"
+        message = row.message if len(row.message) <= width else row.message[: width - 3] + "..."
+        lines.append((row.student_id, row.notebook, score, row.status, message))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths)) + "  " + line[-1] for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * len(header[-1]))
+    counts = Counter(row.status for row in rows)
+    out.append("")
+    out.append(f"{len(rows)} row(s): " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    return "\n".join(out)

@@ -1,0 +1,53 @@
+"""Find the students and their notebooks in a folder of submissions.
+
+Accepted layouts, for an assignment ``ann`` with notebook ``mlp-lab.ipynb``::
+
+    SUBMISSIONS_DIR/<student_id>/mlp-lab.ipynb
+    SUBMISSIONS_DIR/<student_id>/ann/mlp-lab.ipynb      (preferred when both exist)
+
+Every visible sub-folder is a student; files directly in SUBMISSIONS_DIR are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# nbgrader uses the student id in glob patterns and paths: keep to characters safe for both.
+STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One expected notebook of one student; ``path`` is ``None`` when it was not found."""
+
+    student_id: str
+    notebook: str
+    path: Path | None
+    others: tuple[str, ...] = ()  # notebooks found in the student's folder under other names
+
+
+def student_folders(submissions_dir: Path) -> list[Path]:
+    """Sub-folders of ``submissions_dir`` (one per student), sorted, hidden ones skipped."""
+    return sorted(
+        p for p in Path(submissions_dir).iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+    )
+
+
+def find_submissions(folder: Path, assignment: str, notebooks: list[str]) -> list[Submission]:
+    """The expected ``notebooks`` of the student whose folder is ``folder``."""
+    found = []
+    present = sorted(
+        {
+            p.relative_to(folder).as_posix()
+            for p in folder.rglob("*.ipynb")
+            if ".ipynb_checkpoints" not in p.parts
+        }
+    )
+    for name in notebooks:
+        candidates = [folder / assignment / name, folder / name]
+        path = next((c for c in candidates if c.is_file()), None)
+        others = tuple(p for p in present if Path(p).name != name)
+        found.append(Submission(folder.name, name, path, others))
+    return found

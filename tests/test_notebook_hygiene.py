@@ -1,0 +1,84 @@
+"""Repository rules that CI enforces: notebooks without outputs, one title each, the lesson shape's
+set-up and outcome check, everything in the table of contents, no data committed."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIP_DIRS = {".venv", "_build", ".git", "grading", ".ipynb_checkpoints", "node_modules"}
+
+
+def project_files(pattern: str) -> list[Path]:
+    def skipped(p: Path) -> bool:
+        parts = p.relative_to(ROOT).parts
+        return parts[0] in SKIP_DIRS or ".ipynb_checkpoints" in parts or "__pycache__" in parts
+
+    return sorted(p for p in ROOT.rglob(pattern) if not skipped(p))
+
+
+NOTEBOOKS = project_files("*.ipynb")
+LESSONS = [p for p in NOTEBOOKS if p.relative_to(ROOT).parts[0] == "chapters"]
+
+
+def rel(p: Path) -> str:
+    return str(p.relative_to(ROOT))
+
+
+def test_there_are_lessons_and_labs():
+    assert LESSONS, "no lesson notebooks found under chapters/"
+    assert any(rel(p).startswith("labs/") for p in NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=rel)
+def test_notebook_has_no_outputs(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+    assert not dirty, f"{rel(path)} has outputs in cells {dirty}: run `nbstripout {rel(path)}` before committing"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=rel)
+def test_lesson_shape(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    markdown = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"]
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    titles = [line for text in markdown for line in text.splitlines() if re.match(r"^# \S", line)]
+    assert len(titles) == 1, f"{rel(path)} needs exactly one '# title', found {titles}"
+    assert markdown and markdown[0].startswith("# "), f"{rel(path)} must open with its title"
+    assert any("dlbook.setup()" in c for c in code[:2]), f"{rel(path)}: the set-up cell must call dlbook.setup()"
+    assert any(re.search(r"^\s*assert ", c, re.M) for c in code), f"{rel(path)} asserts nothing"
+    assert nb["metadata"].get("kernelspec", {}).get("name") == "python3"
+
+
+def _toc_files(node) -> list[str]:
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("file", "root"):
+                found.append(value)
+            else:
+                found += _toc_files(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += _toc_files(item)
+    return found
+
+
+def test_toc_lists_every_chapter_page_and_nothing_missing():
+    toc = _toc_files(yaml.safe_load((ROOT / "book" / "_toc.yml").read_text()))
+    for entry in toc:
+        assert any((ROOT / f"{entry}{ext}").is_file() for ext in (".md", ".ipynb")), f"_toc.yml lists missing {entry}"
+    pages = [p for p in project_files("*.md") + LESSONS if rel(p).startswith("chapters/")]
+    missing = [rel(p) for p in pages if str(p.relative_to(ROOT).with_suffix("")) not in toc]
+    assert not missing, f"pages not in book/_toc.yml (they would not be built): {missing}"
+
+
+def test_no_data_or_large_files_committed():
+    data_like = [rel(p) for p in project_files("*") if p.is_file() and (
+        p.suffix in {".gz", ".pt", ".pth", ".npz", ".db"} or "ubyte" in p.name or p.stat().st_size > 2_000_000)]
+    assert not data_like, f"data or large files in the repository (use the mirror / cache): {data_like}"

@@ -1,0 +1,39 @@
+# Sourced by tools/build-book and tools/test: create .venv (once), install the pinned
+# requirements (again only when requirements.txt or pyproject.toml change), put .venv first on
+# PATH (nbgrader runs alembic as a subprocess) and point DLBOOK_DATA_MIRROR at ../shared/data
+# when that folder exists and the variable is not set.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${DLBOOK_VENV:-$ROOT/.venv}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  PY="${PYTHON:-}"
+  if [ -z "$PY" ]; then
+    for candidate in python3.11 python3 python; do
+      if command -v "$candidate" >/dev/null 2>&1; then PY="$candidate"; break; fi
+    done
+  fi
+  if [ -z "$PY" ] || ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+    echo "error: need Python >= 3.10 (3.11 recommended); set PYTHON=/path/to/python3.11" >&2
+    exit 2
+  fi
+  echo "creating $VENV with $("$PY" --version)"
+  "$PY" -m venv "$VENV"
+fi
+
+STAMP="$VENV/.dlbook-requirements"
+WANT="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
+  echo "installing the pinned requirements into $VENV (a few minutes the first time)"
+  (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet --upgrade pip && "$VENV/bin/python" -m pip install --quiet -r requirements.txt)
+  echo "$WANT" > "$STAMP"
+fi
+
+export PATH="$VENV/bin:$PATH"
+if [ -z "${DLBOOK_DATA_MIRROR:-}" ] && [ -d "$ROOT/../shared/data" ]; then
+  DLBOOK_DATA_MIRROR="$(cd "$ROOT/../shared/data" && pwd)"
+  export DLBOOK_DATA_MIRROR
+fi
+export MPLBACKEND="${MPLBACKEND:-Agg}"
+cd "$ROOT"
