@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import TensorDataset
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from ..runtime import Profile, profile as current_profile
+from ..runtime import Profile
+from ..runtime import profile as current_profile
 from .download import cache_dir, fetch
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # over the 60,000 training images
