@@ -1,0 +1,84 @@
+"""Execute every lesson notebook once and record how long each took, in which profile, on which
+device: the numbers the closing notes and the book quote.
+
+    python benchmarks/time_notebooks.py [chapters/ann ...] --out benchmarks/results/notebook-times-<profile>-<device>.json
+
+Run it with DLBOOK_PROFILE=full on a GPU for the full-profile table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def time_notebook(path: Path, timeout: int) -> dict:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    error = None
+    try:
+        client.execute()
+    except Exception as exc:  # record the failure, keep timing the others
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[-1] if str(exc) else ''}"
+    seconds = time.perf_counter() - start
+    first_output = ""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and "profile on" in out.get("text", ""):
+                first_output = next(line for line in out["text"].splitlines() if "profile on" in line)
+                break
+        if first_output:
+            break
+    return {"notebook": str(path.relative_to(ROOT)), "seconds": round(seconds, 1), "setup": first_output, "error": error}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="*", default=["chapters"])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--timeout", type=int, default=900)
+    args = parser.parse_args()
+
+    import dlbook  # after sys.path is set: the profile and device the kernels will see
+
+    notebooks = sorted(p for arg in args.paths for p in ([Path(arg)] if arg.endswith(".ipynb") else (ROOT / arg).rglob("*.ipynb"))
+                       if ".ipynb_checkpoints" not in p.parts)
+    results = []
+    for nb in notebooks:
+        row = time_notebook(nb.resolve(), args.timeout)
+        results.append(row)
+        print(f"{row['seconds']:7.1f} s  {row['notebook']}  {row['error'] or ''}", flush=True)
+    import torch
+
+    dev = dlbook.device()
+    record = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "profile": dlbook.profile(),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{dev.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "torch": torch.__version__,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "notebooks": results,
+        "total_seconds": round(sum(r["seconds"] for r in results), 1),
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 1 if any(r["error"] for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
