@@ -70,6 +70,8 @@ def main() -> int:
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{dev.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "torch": torch.__version__,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        # Timings on a shared machine mean little without the load they were taken under.
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
         "notebooks": results,
         "total_seconds": round(sum(r["seconds"] for r in results), 1),
     }
