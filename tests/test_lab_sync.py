@@ -19,7 +19,7 @@ import pytest
 from dlbook.grading.release import generate_release, notebook_differences
 
 REPO = Path(__file__).resolve().parents[1]
-ASSIGNMENTS = ["ann"]
+ASSIGNMENTS = sorted(p.name for p in (REPO / "solutions").iterdir() if p.is_dir() and not p.name.startswith("."))
 ALLOWED_IMPORTS = set(sys.stdlib_module_names) | {"torch", "numpy"}
 RELEASE_HINT = "labs/{a} is out of date with solutions/{a}: run `python -m dlbook.grading release {a}` and commit labs/{a}"
 
