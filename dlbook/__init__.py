@@ -6,6 +6,7 @@
 * :mod:`dlbook.gradients` - float64 gradient checks (relative error, ``gradcheck``)
 * :mod:`dlbook.plotting` - training curves, image grids, per-layer histograms
 * :mod:`dlbook.scratch` - the from-scratch code the lessons derive
+* :mod:`dlbook.models` - LeNet-5 to ResNet and a small U-Net, parameter and MAC counting
 * :mod:`dlbook.grading` - nbgrader release and batch autograding for instructors
 """
 

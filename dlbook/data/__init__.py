@@ -1,5 +1,6 @@
 """Datasets: a checksummed registry, a mirror-aware fetcher and the loaders built on them."""
 
+from .cifar import CIFAR10_CLASSES, CifarSplits, load_cifar10
 from .download import ChecksumError, MissingDataError, cache_dir, fetch, sha256_of, verify
 from .mnist import Splits, load_mnist
 from .registry import REGISTRY, DataFile, lookup
@@ -8,3 +9,4 @@ __all__ = [
     "REGISTRY", "ChecksumError", "DataFile", "MissingDataError", "Splits",
     "cache_dir", "fetch", "load_mnist", "lookup", "sha256_of", "verify",
 ]
+__all__ += ["CIFAR10_CLASSES", "CifarSplits", "load_cifar10"]

@@ -79,6 +79,13 @@ REGISTRY: dict[str, DataFile] = {
             "free for research use; cite Pang & Lee, ACL 2005",
             "Sentence polarity v1.0, 5,331 negative sentences",
         ),
+        DataFile(
+            "cifar10/cifar-10-python.tar.gz",
+            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+            "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+            "freely available for research; cite Krizhevsky 2009, Learning Multiple Layers of Features from Tiny Images (tech. report)",
+            "CIFAR-10 python version: 60,000 32x32 colour images in 10 classes (5 training batches + test batch)",
+        ),
     ]
 }
 
