@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def time_notebook(path: Path, timeout: int) -> dict:
+def time_notebook(path: Path, timeout: int, keep: Path | None = None) -> dict:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
@@ -34,6 +34,9 @@ def time_notebook(path: Path, timeout: int) -> dict:
     except Exception as exc:  # record the failure, keep timing the others
         error = f"{type(exc).__name__}: {str(exc).splitlines()[-1] if str(exc) else ''}"
     seconds = time.perf_counter() - start
+    if keep is not None:  # the executed copy, to read the numbers a closing note quotes
+        keep.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, keep / path.name)
     first_output = ""
     for cell in nb.cells:
         for out in cell.get("outputs", []):
@@ -50,6 +53,7 @@ def main() -> int:
     parser.add_argument("paths", nargs="*", default=["chapters"])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--keep-executed", type=Path, help="folder for the executed notebooks (outside the repo)")
     args = parser.parse_args()
 
     import dlbook  # after sys.path is set: the profile and device the kernels will see
@@ -58,7 +62,7 @@ def main() -> int:
                        if ".ipynb_checkpoints" not in p.parts)
     results = []
     for nb in notebooks:
-        row = time_notebook(nb.resolve(), args.timeout)
+        row = time_notebook(nb.resolve(), args.timeout, args.keep_executed)
         results.append(row)
         print(f"{row['seconds']:7.1f} s  {row['notebook']}  {row['error'] or ''}", flush=True)
     import torch
