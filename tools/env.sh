@@ -35,5 +35,4 @@ if [ -z "${DLBOOK_DATA_MIRROR:-}" ] && [ -d "$ROOT/../shared/data" ]; then
   DLBOOK_DATA_MIRROR="$(cd "$ROOT/../shared/data" && pwd)"
   export DLBOOK_DATA_MIRROR
 fi
-export MPLBACKEND="${MPLBACKEND:-Agg}"
 cd "$ROOT"
