@@ -4,9 +4,16 @@ from .cifar import CIFAR10_CLASSES, CifarSplits, load_cifar10
 from .download import ChecksumError, MissingDataError, cache_dir, fetch, sha256_of, verify
 from .mnist import Splits, load_mnist
 from .registry import REGISTRY, DataFile, lookup
+from .series import Series, load_sunspots, make_windows
+from .text import (
+    CharCorpus, PolarityData, Vocab, char_windows, load_polarity, load_shakespeare, pad_batch, tokenize,
+)
 
 __all__ = [
     "REGISTRY", "ChecksumError", "DataFile", "MissingDataError", "Splits",
     "cache_dir", "fetch", "load_mnist", "lookup", "sha256_of", "verify",
 ]
 __all__ += ["CIFAR10_CLASSES", "CifarSplits", "load_cifar10"]
+__all__ += ["Series", "load_sunspots", "make_windows"]
+__all__ += ["CharCorpus", "PolarityData", "Vocab", "char_windows", "load_polarity", "load_shakespeare",
+            "pad_batch", "tokenize"]
