@@ -8,6 +8,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
+from site_build import site  # noqa: F401  (the built site, a session fixture)
 
 matplotlib.use("Agg")  # tests draw figures without a display
 

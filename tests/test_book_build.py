@@ -1,54 +1,28 @@
-"""The site builds with -W (any Sphinx warning fails), executing every notebook, and the pages a
+"""The site builds with -W (any Sphinx warning fails) with every notebook executed, and the pages a
 reader needs are there: lessons with executed outputs, numbered equations, citations resolved
 into the bibliography, launch buttons."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from site_build import toc_pages
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("book")
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", ".", "--config", "book/_config.yml",
-           "--toc", "book/_toc.yml", "-W", "--path-output", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"jupyter-book build -W failed:\n{log[-6000:]}"
-    return out / "_build" / "html"
-
-
-def _toc_pages() -> list[str]:
-    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
-    pages = [toc["root"]]
-    for part in toc["parts"]:
-        for chapter in part["chapters"]:
-            pages.append(chapter["file"])
-            pages += [s["file"] for s in chapter.get("sections", [])]
-    return pages
-
-
 @pytest.mark.slow
 def test_every_toc_page_is_built(site):
-    missing = [p for p in _toc_pages() if not (site / f"{p}.html").is_file()]
+    missing = [p for p in toc_pages() if not (site / f"{p}.html").is_file()]
     assert not missing, f"pages missing from the built site: {missing}"
     assert (site / "index.html").is_file()
 
 
 @pytest.mark.slow
 def test_lessons_are_executed_with_profile_and_figures(site):
-    for page in _toc_pages():
+    for page in toc_pages():
         if not (ROOT / f"{page}.ipynb").is_file():
             continue
         html = (site / f"{page}.html").read_text(encoding="utf-8")

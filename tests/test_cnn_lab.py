@@ -20,7 +20,8 @@ from pathlib import Path
 import nbformat
 import pytest
 import test_lab_sync as sync  # tests/ is on sys.path: pytest imports these rootless modules by name
-from test_grading import _make_course, _tree_digest
+from grading_helpers import make_course as _make_course
+from grading_helpers import tree_digest as _tree_digest
 
 from dlbook.grading import cli
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import shutil
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from grading_helpers import make_course as _make_course  # also imported from here by other tests
+from grading_helpers import tree_digest as _tree_digest
 
 from dlbook.grading import cli
 from dlbook.grading.report import STATUSES, GradeRow, format_summary
@@ -53,21 +54,6 @@ def _with_cell_replaced(grade_id: str, source: str) -> nbformat.NotebookNode:
     assert len(cells) == 1, grade_id
     cells[0].source = source
     return nb
-
-
-def _tree_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-def _make_course(root: Path) -> Path:
-    root.mkdir(parents=True)
-    shutil.copy2(REPO / "nbgrader_config.py", root)
-    shutil.copytree(REPO / "solutions", root / "solutions")
-    shutil.copytree(REPO / "labs", root / "labs")
-    return root
 
 
 def _make_submissions(root: Path) -> Path:

@@ -83,3 +83,41 @@ def test_no_data_or_large_files_committed():
     data_like = [rel(p) for p in project_files("*") if p.is_file() and (
         p.suffix in {".gz", ".pt", ".pth", ".npz", ".db"} or "ubyte" in p.name or p.stat().st_size > 2_000_000)]
     assert not data_like, f"data or large files in the repository (use the mirror / cache): {data_like}"
+
+
+_WIDGET = re.compile(r"\bipywidgets\.(interact|interactive)\b|\binteract\(|\bwidgets\.[A-Z]\w*\(")
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=rel)
+def test_widget_explorers_have_a_static_figure(path):
+    """The site cannot run widgets: every explorer cell is hidden there (remove-output) and an
+    earlier cell draws the same figure statically, so a reader of the site loses nothing."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    for i, cell in enumerate(code):
+        source = "".join(cell["source"])
+        if not _WIDGET.search(source):
+            continue
+        tags = cell.get("metadata", {}).get("tags", [])
+        assert "remove-output" in tags, f"{rel(path)}: widget cell {i} must be tagged remove-output"
+        earlier = "".join("".join(c["source"]) for c in code[:i])
+        assert re.search(r"plt\.show\(\)|\.savefig\(|plot_\w+\(", earlier), (
+            f"{rel(path)}: widget cell {i} has no static figure before it for the site")
+
+
+def _colab_cell():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("colab_cell", ROOT / "tools" / "colab_cell.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=rel)
+def test_lesson_opens_with_the_colab_setup_cell(path):
+    """The first code cell installs dlbook where it is missing (Colab), identical in every lesson."""
+    import nbformat
+
+    assert _colab_cell().has_cell(nbformat.read(path, as_version=4)), (
+        f"{rel(path)}: the first code cell must be the Colab set-up cell: run python tools/colab_cell.py {rel(path)}")

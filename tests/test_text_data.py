@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from dlbook.data import (
-    MissingDataError, Vocab, char_windows, load_polarity, load_shakespeare, load_sunspots, make_windows,
-    pad_batch, tokenize,
+    MissingDataError,
+    Vocab,
+    char_windows,
+    load_polarity,
+    load_shakespeare,
+    load_sunspots,
+    make_windows,
+    pad_batch,
+    tokenize,
 )
 
 

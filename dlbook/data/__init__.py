@@ -6,7 +6,14 @@ from .mnist import Splits, load_mnist
 from .registry import REGISTRY, DataFile, lookup
 from .series import Series, load_sunspots, make_windows
 from .text import (
-    CharCorpus, PolarityData, Vocab, char_windows, load_polarity, load_shakespeare, pad_batch, tokenize,
+    CharCorpus,
+    PolarityData,
+    Vocab,
+    char_windows,
+    load_polarity,
+    load_shakespeare,
+    pad_batch,
+    tokenize,
 )
 
 __all__ = [

@@ -10,23 +10,34 @@ Command line: ``python -m dlbook.grading`` (or ``dlbook-grade``) with the subcom
 - ``grade ASSIGNMENT SUBMISSIONS_DIR --out grades.csv``: autograde a folder of submissions.
 
 Modules: :mod:`.course` (layout), :mod:`.runner` (subprocesses), :mod:`.release`,
-:mod:`.validation`, :mod:`.submissions`, :mod:`.gradebook`, :mod:`.grade`, :mod:`.report`,
-:mod:`.cli`. Nothing here is imported by the labs themselves.
+:mod:`.validation`, :mod:`.submissions`, :mod:`.integrity` (locked cells, code and output
+checks), :mod:`.sandbox` (one throw-away course per student), :mod:`.executor` and
+:mod:`.kernel_guard` (loaded by nbgrader and by the student's kernel inside a sandbox),
+:mod:`.gradebook`, :mod:`.grade`, :mod:`.report`, :mod:`.cli`. Nothing here is imported by the
+labs themselves.
+
+The names below are imported lazily: the sandbox loads :mod:`.executor` into nbgrader and
+:mod:`.kernel_guard` into the student's kernel, and neither should pay for the rest.
 """
 
 from __future__ import annotations
 
-from .course import CourseLayout, find_course_root, load_layout
-from .grade import grade_submissions
-from .release import release
-from .report import STATUSES, GradeRow
+import importlib
+from typing import Any
 
-__all__ = [
-    "STATUSES",
-    "CourseLayout",
-    "GradeRow",
-    "find_course_root",
-    "grade_submissions",
-    "load_layout",
-    "release",
-]
+_EXPORTS = {
+    "STATUSES": ".report",
+    "GradeRow": ".report",
+    "CourseLayout": ".course",
+    "find_course_root": ".course",
+    "load_layout": ".course",
+    "grade_submissions": ".grade",
+}  # the release function is dlbook.grading.release.release (the submodule has the same name)
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

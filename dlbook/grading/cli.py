@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .course import CourseError, CourseLayout, find_course_root, load_layout
-from .grade import DEFAULT_TIMEOUT, grade_submissions
+from .grade import DEFAULT_MAX_OUTPUT, DEFAULT_TIMEOUT, grade_submissions
 from .release import ReleaseError, release
 from .report import format_summary, write_csv
 
@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="students autograded in parallel (default: 1; at most the number of CPU cores)",
     )
+    p_grade.add_argument(
+        "--max-output",
+        type=int,
+        default=DEFAULT_MAX_OUTPUT,
+        metavar="CHARS",
+        help=f"characters of output kept per cell, 5x that per notebook (default: {DEFAULT_MAX_OUTPUT})",
+    )
     return parser
 
 
@@ -90,9 +97,16 @@ def _grade(args: argparse.Namespace) -> int:
     layout.source_notebooks(args.assignment)  # unknown assignment: usage error before any work
     if not args.submissions.is_dir():
         raise CourseError(f"submissions folder not found: {args.submissions}")
-    if args.timeout <= 0 or args.jobs < 1:
-        raise CourseError("--timeout and --jobs must be positive")
-    rows = grade_submissions(layout, args.assignment, args.submissions, timeout=args.timeout, jobs=args.jobs)
+    if args.timeout <= 0 or args.jobs < 1 or args.max_output < 1:
+        raise CourseError("--timeout, --jobs and --max-output must be positive")
+    rows = grade_submissions(
+        layout,
+        args.assignment,
+        args.submissions,
+        timeout=args.timeout,
+        jobs=args.jobs,
+        max_output=args.max_output,
+    )
     write_csv(rows, args.out)
     print(format_summary(rows))
     print(f"\nwrote {args.out}")

@@ -53,3 +53,48 @@ def submitted_score(
         grades = sorted(submission.grades, key=lambda g: (rank.get(g.name, len(rank)), g.name))
         tests = {g.name: (float(g.score or 0.0), float(g.max_score or 0.0)) for g in grades}
         return NotebookScore(float(submission.score or 0.0), float(submission.max_score or 0.0), tests)
+
+
+def autograded_cells(
+    db_url: str, assignment: str, student_id: str, notebook: str
+) -> dict[str, tuple[float | None, float]] | None:
+    """``grade id -> (auto score, max score)`` of a submitted notebook, or ``None`` if the
+    gradebook has no such submission."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(db_url) as gb:
+        try:
+            submission = gb.find_submission_notebook(notebook, assignment, student_id)
+        except MissingEntry:
+            return None
+        return {
+            g.name: (None if g.auto_score is None else float(g.auto_score), float(g.max_score or 0.0))
+            for g in submission.grades
+        }
+
+
+def store_scores(
+    db_url: str, assignment: str, student_id: str, notebook: str, scores: dict[str, float]
+) -> None:
+    """Record autograded ``scores`` (grade id -> points) of a student's notebook in a gradebook
+    that knows the assignment: the student and the submission are created when needed, like
+    ``nbgrader autograde`` does; manual scores are kept."""
+    import warnings
+
+    from nbgrader.api import Gradebook
+
+    with Gradebook(db_url) as gb, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SQLAlchemy warns about nbgrader's own session use
+        gb.update_or_create_student(student_id)
+        gb.update_or_create_submission(assignment, student_id)
+        for name, score in scores.items():
+            grade = gb.find_grade(name, notebook, assignment, student_id)
+            grade.auto_score = score
+            grade.needs_manual_grade = grade.manual_score is not None
+        gb.db.commit()
+
+
+def stored_scores(db_url: str, assignment: str, student_id: str, notebook: str) -> dict[str, float | None]:
+    """``grade id -> auto score`` of a student's notebook in a gradebook (empty if none)."""
+    cells = autograded_cells(db_url, assignment, student_id, notebook)
+    return {name: auto for name, (auto, _) in (cells or {}).items()}

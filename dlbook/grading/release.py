@@ -62,39 +62,43 @@ def _check_no_outputs(folder: Path) -> None:
                 )
 
 
-def generate_release(layout: CourseLayout, assignment: str, dest: Path) -> Path:
-    """Generate the student version of ``assignment`` into ``dest/<assignment>``, in isolation.
+def generate_isolated(layout: CourseLayout, assignment: str, workdir: Path) -> tuple[Path, Path]:
+    """Generate the student version of ``assignment`` in a throw-away course under ``workdir``.
 
-    Only ``nbgrader_config.py`` and the assignment's source folder are copied to a temporary
-    course with its own gradebook; the real course (its gradebook, ``labs/``) is not touched.
-    Returns the generated folder.
+    Only ``nbgrader_config.py`` and the assignment's source folder are copied there, with a
+    gradebook of its own; the real course (its gradebook, ``labs/``) is not touched. Returns the
+    generated folder and that gradebook file, which knows the assignment and nothing else (the
+    sandboxes of :mod:`dlbook.grading.sandbox` start from a copy of it).
     """
     layout.source_notebooks(assignment)  # raises CourseError for an unknown assignment
+    workdir = Path(workdir).resolve()
+    course = workdir / "course"
+    source_rel = layout.source_dir.relative_to(layout.root)
+    (course / source_rel).mkdir(parents=True)
+    shutil.copy2(layout.config_file, course / CONFIG_NAME)
+    shutil.copytree(
+        layout.source_dir / assignment,
+        course / source_rel / assignment,
+        ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"),
+    )
+    out = workdir / "release"
+    db = workdir / "gradebook.db"
+    _generate(assignment, course, out, f"sqlite:///{db.as_posix()}", workdir / "nbgrader.log")
+    _check_no_outputs(out / assignment)
+    return out / assignment, db
+
+
+def generate_release(layout: CourseLayout, assignment: str, dest: Path) -> Path:
+    """Generate the student version of ``assignment`` into ``dest/<assignment>``, in isolation
+    (:func:`generate_isolated`). Returns the generated folder."""
     dest = Path(dest).resolve()
     with tempfile.TemporaryDirectory(prefix="dlbook-release-") as tmp:
-        course = Path(tmp) / "course"
-        source_rel = layout.source_dir.relative_to(layout.root)
-        (course / source_rel).mkdir(parents=True)
-        shutil.copy2(layout.config_file, course / CONFIG_NAME)
-        shutil.copytree(
-            layout.source_dir / assignment,
-            course / source_rel / assignment,
-            ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"),
-        )
-        out = Path(tmp) / "release"
-        _generate(
-            assignment,
-            course,
-            out,
-            f"sqlite:///{(Path(tmp) / 'gradebook.db').as_posix()}",
-            Path(tmp) / "nbgrader.log",
-        )
-        _check_no_outputs(out / assignment)
+        generated, _ = generate_isolated(layout, assignment, Path(tmp))
         target = dest / assignment
         if target.exists():
             shutil.rmtree(target)
         dest.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(out / assignment, target)
+        shutil.copytree(generated, target)
     return target
 
 

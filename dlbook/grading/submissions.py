@@ -26,6 +26,7 @@ class Submission:
     notebook: str
     path: Path | None
     others: tuple[str, ...] = ()  # notebooks found in the student's folder under other names
+    renamed_from: str | None = None  # set when ``path`` is a notebook under another name
 
 
 def student_folders(submissions_dir: Path) -> list[Path]:
@@ -51,3 +52,8 @@ def find_submissions(folder: Path, assignment: str, notebooks: list[str]) -> lis
         others = tuple(p for p in present if Path(p).name != name)
         found.append(Submission(folder.name, name, path, others))
     return found
+
+
+def unexpected_notebooks(sub: Submission, notebooks: list[str]) -> list[str]:
+    """Notebooks of the student's folder (relative paths) named like none of ``notebooks``."""
+    return [p for p in sub.others if Path(p).name not in notebooks]

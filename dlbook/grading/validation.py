@@ -8,13 +8,23 @@ from pathlib import Path
 
 import nbformat
 
+#: Larger files are not read: a lab notebook without outputs is a few hundred kilobytes.
+MAX_NOTEBOOK_BYTES = 50 * 2**20
+
 
 def validate_notebook(path: Path) -> str | None:
     """Return ``None`` if ``path`` is a valid nbformat-4 notebook, else a one-line reason.
 
     Checks, in order: the file decodes as UTF-8, parses as JSON, declares nbformat 4 and passes
-    nbformat's schema validation. Only the first problem is reported.
+    nbformat's schema validation. Only the first problem is reported. Files larger than
+    :data:`MAX_NOTEBOOK_BYTES` are refused without being read.
     """
+    try:
+        size = Path(path).stat().st_size
+    except OSError as exc:
+        return f"cannot read the file: {exc.strerror or exc}"
+    if size > MAX_NOTEBOOK_BYTES:
+        return f"file too large: {size} bytes (at most {MAX_NOTEBOOK_BYTES})"
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

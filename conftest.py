@@ -1,0 +1,55 @@
+"""Root pytest plugin: keep what nbval executed, so the book build need not execute it again.
+
+CI runs every lesson twice otherwise: once under nbval (the test) and once in the
+``jupyter-book build`` (the site). With ``DLBOOK_EXECUTED_DIR`` set (``tools/test`` sets it),
+each lesson whose cells all passed under nbval is written there with its outputs; the book test
+then primes a jupyter-cache with those notebooks, and myst-nb's ``cache`` mode uses them for any
+notebook whose code is unchanged (it matches on a hash of the code cells) and executes the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent
+_failed: set[str] = set()  # notebooks (by path) with a failed cell: never written
+
+
+def _executed_dir() -> Path | None:
+    value = os.environ.get("DLBOOK_EXECUTED_DIR")
+    return Path(value) if value else None
+
+
+def pytest_runtest_logreport(report) -> None:
+    if report.failed and ".ipynb::" in report.nodeid:
+        _failed.add(report.nodeid.split("::")[0])
+
+
+def pytest_runtest_teardown(item, nextitem) -> None:
+    target_root = _executed_dir()
+    cell = getattr(item, "cell", None)
+    if target_root is None or cell is None or not hasattr(item, "test_outputs"):
+        return  # not an nbval cell, or capture is off
+    source = Path(str(item.parent.fspath)).resolve()
+    try:
+        rel = source.relative_to(ROOT / "chapters")
+    except ValueError:
+        return  # only lessons are in the book (labs and solutions are not)
+    cell.outputs = [nbformat.from_dict(out) for out in (item.test_outputs or [])]
+    if nextitem is not None and getattr(nextitem, "parent", None) is item.parent:
+        return  # more cells of this notebook to come
+    nodeid = item.nodeid.split("::")[0]
+    if nodeid in _failed or getattr(item.parent, "timed_out", False):
+        return
+    nb = item.parent.nb
+    for count, code in enumerate((c for c in nb.cells if c.cell_type == "code"), start=1):
+        code.execution_count = count
+        for out in code.get("outputs", []):
+            if out.get("output_type") == "execute_result":
+                out["execution_count"] = count
+    target = target_root / "chapters" / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, target)
