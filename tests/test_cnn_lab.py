@@ -117,7 +117,7 @@ def test_batch_grades_every_student(batch: dict) -> None:
     assert sorted(batch["by_student"]) == ["full", "partial", "untouched"]
     for row in batch["rows"]:
         assert (row["assignment"], row["notebook"]) == (ASSIGNMENT, NOTEBOOK)
-        assert row["status"] == "graded", row
+        assert row["status"] == "graded", f"{row['student_id']}: {row['status']}: {row['message']} ({row.get('notes')})"
         assert float(row["max_score"]) == MAX_SCORE == 15
 
 

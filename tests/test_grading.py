@@ -194,6 +194,7 @@ def test_dead_kernel_is_an_autograde_error(batch: dict) -> None:
     assert row["status"] == "autograde-error", row
     assert row["score"] == ""
     assert "kernel died" in row["message"].lower()
+    assert "autograde-error on two attempts" in row["notes"], row  # retried once, then reported
 
 
 @pytest.mark.slow

@@ -522,7 +522,18 @@ def grade_submissions(
         valid, _, notes = checked[student_id]
         say(f"autograding {student_id} ({', '.join(s.notebook for s in valid)})")
         try:
-            return _grade_student(batch, student_id, valid, notes)
+            rows = _grade_student(batch, student_id, valid, notes)
+            failed = [row for row in rows if row.status == "autograde-error"]
+            if failed:
+                # nbgrader itself failed (seen once on an overloaded machine: a kernel that did not
+                # start in time). One fresh attempt tells a passing hiccup from a broken notebook.
+                first = "; ".join(f"{row.notebook}: {row.message}" for row in failed)
+                say(f"retrying {student_id} once after autograde-error ({first})")
+                rows = _grade_student(batch, student_id, valid, notes)
+                for row in rows:
+                    row.add_note(f"graded on the second attempt; the first ended in autograde-error ({first})"
+                                 if row.status != "autograde-error" else "autograde-error on two attempts")
+            return rows
         except Exception as exc:  # never lose the batch to one student
             message = f"{type(exc).__name__}: {exc}"
             return [GradeRow(student_id, assignment, s.notebook, "autograde-error", message) for s in valid]
