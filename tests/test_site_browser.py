@@ -69,9 +69,10 @@ def browser(tmp_path_factory):
 
 
 def _wait_for_mathjax(driver) -> int:
-    """Wait until MathJax has typeset every ``.math`` element (or 30 s); the number typeset, or
-    -1 when MathJax never loaded."""
-    driver.set_script_timeout(60)
+    """Wait until MathJax has typeset every ``.math`` element (or 120 s); the number typeset, or
+    -1 when MathJax never loaded. MathJax inserts a page's typeset maths all at once when it has
+    finished, which on a busy machine took over 30 s for a page with 90 expressions."""
+    driver.set_script_timeout(150)
     return driver.execute_async_script(
         """
         const done = arguments[arguments.length - 1];
@@ -82,7 +83,7 @@ def _wait_for_mathjax(driver) -> int:
           const typeset = document.querySelectorAll('mjx-container').length;
           const loaded = window.MathJax && MathJax.startup && MathJax.startup.promise;
           if (loaded && typeset >= wanted) { done(typeset); }
-          else if (Date.now() - start > 30000) { done(loaded ? typeset : -1); }
+          else if (Date.now() - start > 120000) { done(loaded ? typeset : -1); }
           else { setTimeout(poll, 100); }
         })();
         """
