@@ -39,8 +39,11 @@ def test_equations_are_numbered_and_citations_resolve(site):
     assert 'id="equation-eq-deep-batchnorm"' in html
     assert re.search(r'class="eqno">\(\d+(\.\d+)*\)', html), "numbered equations render with their number"
     bib = (site / "book/bibliography.html").read_text(encoding="utf-8")
-    for author in ("Glorot", "Rumelhart", "He"):
+    for author in ("Glorot", "Rumelhart", "He", "Hochreiter", "Loshchilov"):
         assert author in bib, f"{author} missing from the bibliography"
+    for chapter in ("Artificial neural networks", "Convolutional neural networks", "Recurrent neural networks",
+                    "Optimization"):
+        assert f"<h2>{chapter}" in bib, f"no bibliography section for {chapter}"
     assert "bibliography.html#id" in html or "bibliography.html#" in html, "citations link to the bibliography"
 
 

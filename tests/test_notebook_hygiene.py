@@ -121,3 +121,13 @@ def test_lesson_opens_with_the_colab_setup_cell(path):
 
     assert _colab_cell().has_cell(nbformat.read(path, as_version=4)), (
         f"{rel(path)}: the first code cell must be the Colab set-up cell: run python tools/colab_cell.py {rel(path)}")
+
+
+def test_bibliography_page_is_current():
+    """book/bibliography.md lists each cited paper under the chapter that first cites it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bibliography.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
