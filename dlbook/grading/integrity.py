@@ -213,7 +213,12 @@ def load_reference(source_path: Path, release_path: Path) -> LabReference:
             ):
                 protected.setdefault(name, gid)
     release_text = "\n".join(c.source for c in release.cells)
-    hidden_lines = tuple(dict.fromkeys(line for line in hidden if line not in release_text))
+    # A hidden test may restate the answer (a reference implementation); lines that the solution
+    # cells also contain are what a correct student writes, not a secret, so they do not count.
+    solution_text = "\n".join(c.source for c in source.cells if _meta(c).get("solution"))
+    hidden_lines = tuple(dict.fromkeys(
+        line for line in hidden if line not in release_text and line not in solution_text
+    ))
     return LabReference(Path(source_path).name, release, source, points, protected, imports, hidden_lines)
 
 
