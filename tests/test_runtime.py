@@ -76,3 +76,17 @@ def test_setup_prints_profile_and_device(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert (which, dev.type) == ("quick", "cpu")
     assert "quick profile on cpu" in out and "seed 7" in out
+
+
+def test_seeding_keeps_float32_exact_on_gpus():
+    """TF32 rounding (cuDNN's default) would break the lessons' float32 equality checks on a GPU."""
+    saved = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+        runtime.seed_everything(0)
+        assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved[0]
+        torch.set_float32_matmul_precision(saved[1])
