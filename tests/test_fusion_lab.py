@@ -1,0 +1,149 @@
+"""The fusion lab (``solutions/fusion`` -> ``labs/fusion``): clean, in sync with its release, graded as intended.
+
+The grading checks of ``tests/test_rnn_lab.py``, for the ``fusion`` assignment (the notebook checks
+of ``tests/test_lab_sync.py`` cover every lab folder). One ``grade fusion`` batch, in a temporary
+copy of the course (``labs/`` and ``grading/`` of the repository are never touched), grades four
+submissions: the solution, the lab as released, one with exercise 4 half right, and one with
+*every* exercise half right in the way its hidden tests are meant to catch. The last one shows
+that each exercise's partial credit is real: each passes its visible test and fails its hidden
+one. The same batch checks that ``labs/fusion`` is in sync with ``solutions/fusion``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from lab_checks import (
+    Lab,
+    check_every_student_graded,
+    check_full_marks,
+    check_release_in_sync,
+    check_repository_untouched,
+    check_visible_only,
+    check_zero,
+)
+
+LAB = Lab("fusion", "fusion-lab.ipynb")
+
+# Half-right answers: each passes the exercise's visible test (the simple case) and fails its hidden
+# tests (the general case the statement describes).
+
+# 1. The padding zeroed after the softmax instead of masked before it: right while there is no padding,
+# else the weights of the real positions sum to less than 1.
+EX1_MASK_AFTER_SOFTMAX = """def additive_attention(query, annotations, W, U, b, v, mask=None):
+    scores = torch.tanh(annotations @ W.T + (query @ U.T).unsqueeze(1) + b) @ v
+    alpha = torch.softmax(scores, dim=1)
+    if mask is not None:
+        alpha = alpha * mask  # should mask the scores before the softmax: the valid weights no longer sum to 1
+    return torch.einsum("bl,bld->bd", alpha, annotations), alpha
+"""
+
+# 2. The state is not passed to the LSTM cell, which then starts from h = c = 0 at every step: right at
+# the first step only.
+EX2_STATE_NOT_PASSED = """def decoder_step(emb, state, annotations, mask, attend, cell, out):
+    h_prev, c_prev = state
+    context, alpha = attend(h_prev, annotations, mask)
+    h, c = cell(torch.cat([emb, context], dim=1))  # should pass (h_prev, c_prev): without it the cell starts from zero
+    return out(h), (h, c), alpha
+"""
+
+# 3. No care for queries that may attend to nothing: softmax of a row of -inf is nan. Right as long as
+# every query has an allowed key.
+EX3_NAN_ROWS = """def scaled_dot_product_attention(q, k, v, mask=None, causal=False):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if causal:
+        scores = scores.masked_fill(~torch.ones(scores.shape[-2:], dtype=torch.bool).tril(), float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)  # a row with no allowed key is 0/0 = nan: should be made 0
+    return weights @ v, weights
+"""
+
+# 4a. The blanks removed before the repeats are merged: "1 _ 1" becomes "1". Right unless a label is
+# repeated across a blank (a double digit).
+EX4_BLANKS_FIRST = """def ctc_greedy_decode(log_probs, lengths, blank=0):
+    best = log_probs.argmax(dim=2).T
+    decoded = []
+    for b in range(best.shape[0]):
+        path = [c for c in best[b, : lengths[b]].tolist() if c != blank]  # drops the blanks first...
+        decoded.append([c for i, c in enumerate(path) if i == 0 or c != path[i - 1]])  # ...so "1 _ 1" merges into "1"
+    return decoded
+"""
+
+# 4b. Every frame decoded, the padding after each sequence's length too: right when all use the whole T.
+EX4_IGNORES_LENGTHS = """def ctc_greedy_decode(log_probs, lengths, blank=0):
+    decoded = []
+    for path in log_probs.argmax(dim=2).T:  # should stop at lengths[b]: the frames after it are padding
+        decoded.append([c for c in torch.unique_consecutive(path).tolist() if c != blank])
+    return decoded
+"""
+
+# 5. Stops when every sequence has produced <eos>, but keeps what the model says after a sequence's own
+# <eos> instead of padding: right for one sequence, or sequences that all end at the same step.
+EX5_NO_PAD_AFTER_EOS = """def greedy_decode(step_fn, state, batch_size, bos, eos, max_len, pad=0):
+    tokens = torch.full((batch_size, max_len), pad, dtype=torch.long)
+    previous = torch.full((batch_size,), bos, dtype=torch.long)
+    for t in range(max_len):
+        logits, state = step_fn(previous, state)
+        previous = logits.argmax(dim=1)
+        tokens[:, t] = previous  # should write pad for the sequences that have already ended
+        if (tokens == eos).any(dim=1).all():  # stops once every sequence has produced <eos>
+            break
+    ended = (tokens == eos).any(dim=1)
+    first = (tokens == eos).int().argmax(dim=1)
+    return tokens, torch.where(ended, first + 1, torch.full_like(first, max_len))
+"""
+
+HALF_RIGHT = {
+    "ex1-solution": EX1_MASK_AFTER_SOFTMAX,
+    "ex2-solution": EX2_STATE_NOT_PASSED,
+    "ex3-solution": EX3_NAN_ROWS,
+    "ex4-solution": EX4_BLANKS_FIRST,
+    "ex5-solution": EX5_NO_PAD_AFTER_EOS,
+}
+
+
+def test_the_lab_has_five_exercises_of_three_points() -> None:
+    assert LAB.points == {f"ex{i}": 3.0 for i in range(1, 6)}, LAB.points
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One ``grade fusion`` run over four submissions in a temporary course; rows by student."""
+    return LAB.grade(tmp_path_factory.mktemp("fusion-grading"), {"partial": {"ex4-solution": EX4_IGNORES_LENGTHS}, "half-right": HALF_RIGHT})
+
+
+@pytest.mark.slow
+def test_batch_grades_every_student(batch: dict) -> None:
+    check_every_student_graded(LAB, batch)
+
+
+@pytest.mark.slow
+def test_committed_lab_matches_its_release(batch: dict) -> None:
+    check_release_in_sync(LAB, batch)
+
+
+@pytest.mark.slow
+def test_solution_gets_full_marks(batch: dict) -> None:
+    check_full_marks(LAB, batch)
+
+
+@pytest.mark.slow
+def test_unmodified_lab_gets_zero(batch: dict) -> None:
+    check_zero(LAB, batch)
+
+
+@pytest.mark.slow
+def test_half_right_exercise_gets_partial_credit(batch: dict) -> None:
+    """Exercise 4 decodes the padding frames too: its visible test (full lengths) passes, 13 of 15."""
+    check_visible_only(LAB, batch, "partial", ["ex4"])
+
+
+@pytest.mark.slow
+def test_every_exercise_has_real_partial_credit(batch: dict) -> None:
+    """Each exercise half right at once: every visible test passes, every hidden one fails, 5 of 15."""
+    check_visible_only(LAB, batch, "half-right", list(LAB.points))
+
+
+@pytest.mark.slow
+def test_grading_never_touches_the_repository(batch: dict) -> None:
+    check_repository_untouched(batch, limit_seconds=180)
