@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 
 import nbformat
+import pytest
 import test_lab_sync as sync  # tests/ is on sys.path: pytest imports these rootless modules by name
 from grading_helpers import REPO, cell_points, make_course, repo_state, run_grade
 
@@ -118,3 +119,66 @@ def check_visible_only(lab: Lab, batch: dict, student: str, exercises: list[str]
 def check_repository_untouched(batch: dict, limit_seconds: float) -> None:
     assert repo_state() == batch["repo_state"]
     assert batch["seconds"] < limit_seconds, f"grading took {batch['seconds']:.0f} s"
+
+
+class LabGradingChecks:
+    """Every check above as pytest tests over one ``grade`` batch. A lab's test module subclasses it as
+    ``Test<Name>Lab`` and sets the class attributes; pytest collects the inherited tests there (this
+    base class is not collected: its name does not start with ``Test``)."""
+
+    lab: Lab
+    partial: dict[str, str]  # cell sources of the student with one exercise half right
+    partial_exercise: str  # that exercise ("ex4"): it keeps its visible points, loses its hidden ones
+    limit_seconds: float = 180
+
+    @classmethod
+    def edited(cls) -> dict[str, dict[str, str]]:
+        return {"partial": cls.partial}
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def batch(cls, tmp_path_factory: pytest.TempPathFactory) -> dict:
+        """One ``grade`` run over the solution, the release and the edited students; rows by student."""
+        return cls.lab.grade(tmp_path_factory.mktemp(f"{cls.lab.assignment}-grading"), cls.edited())
+
+    def test_the_lab_has_five_exercises_of_three_points(self) -> None:
+        assert self.lab.points == {f"ex{i}": 3.0 for i in range(1, 6)}, self.lab.points
+
+    @pytest.mark.slow
+    def test_batch_grades_every_student(self, batch: dict) -> None:
+        check_every_student_graded(self.lab, batch)
+
+    @pytest.mark.slow
+    def test_committed_lab_matches_its_release(self, batch: dict) -> None:
+        check_release_in_sync(self.lab, batch)
+
+    @pytest.mark.slow
+    def test_solution_gets_full_marks(self, batch: dict) -> None:
+        check_full_marks(self.lab, batch)
+
+    @pytest.mark.slow
+    def test_unmodified_lab_gets_zero(self, batch: dict) -> None:
+        check_zero(self.lab, batch)
+
+    @pytest.mark.slow
+    def test_half_right_exercise_gets_partial_credit(self, batch: dict) -> None:
+        check_visible_only(self.lab, batch, "partial", [self.partial_exercise])
+
+    @pytest.mark.slow
+    def test_grading_never_touches_the_repository(self, batch: dict) -> None:
+        check_repository_untouched(batch, limit_seconds=self.limit_seconds)
+
+
+class EveryExerciseHalfRight(LabGradingChecks):
+    """Adds a student with *every* exercise half right at once (``half_right``): each passes its
+    visible test and fails its hidden one, so each exercise's partial credit is shown to be real."""
+
+    half_right: dict[str, str]
+
+    @classmethod
+    def edited(cls) -> dict[str, dict[str, str]]:
+        return {"partial": cls.partial, "half-right": cls.half_right}
+
+    @pytest.mark.slow
+    def test_every_exercise_has_real_partial_credit(self, batch: dict) -> None:
+        check_visible_only(self.lab, batch, "half-right", list(self.lab.points))

@@ -10,16 +10,7 @@ assignment afresh from ``solutions/cnn`` and warns when the committed lab differ
 
 from __future__ import annotations
 
-import pytest
-from lab_checks import (
-    Lab,
-    check_every_student_graded,
-    check_full_marks,
-    check_release_in_sync,
-    check_repository_untouched,
-    check_visible_only,
-    check_zero,
-)
+from lab_checks import Lab, LabGradingChecks
 
 LAB = Lab("cnn", "cnn-lab.ipynb")
 
@@ -41,42 +32,10 @@ EX4_OVERWRITES = """def maxpool2d_backward(x, dy, kernel_size, stride):
 """
 
 
-def test_the_lab_has_five_exercises_of_three_points() -> None:
-    assert LAB.points == {f"ex{i}": 3.0 for i in range(1, 6)}, LAB.points
-
-
-@pytest.fixture(scope="module")
-def batch(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One ``grade cnn`` run over three submissions in a temporary course; rows by student."""
-    return LAB.grade(tmp_path_factory.mktemp("cnn-grading"), {"partial": {"ex4-solution": EX4_OVERWRITES}})
-
-
-@pytest.mark.slow
-def test_batch_grades_every_student(batch: dict) -> None:
-    check_every_student_graded(LAB, batch)
-
-
-@pytest.mark.slow
-def test_committed_lab_matches_its_release(batch: dict) -> None:
-    check_release_in_sync(LAB, batch)
-
-
-@pytest.mark.slow
-def test_solution_gets_full_marks(batch: dict) -> None:
-    check_full_marks(LAB, batch)
-
-
-@pytest.mark.slow
-def test_unmodified_lab_gets_zero(batch: dict) -> None:
-    check_zero(LAB, batch)
-
-
-@pytest.mark.slow
-def test_half_right_exercise_gets_partial_credit(batch: dict) -> None:
+class TestCnnLab(LabGradingChecks):
     """Exercise 4 overwrites instead of accumulating: right for non-overlapping windows only."""
-    check_visible_only(LAB, batch, "partial", ["ex4"])
 
-
-@pytest.mark.slow
-def test_grading_never_touches_the_repository(batch: dict) -> None:
-    check_repository_untouched(batch, limit_seconds=120)
+    lab = LAB
+    partial = {"ex4-solution": EX4_OVERWRITES}
+    partial_exercise = "ex4"
+    limit_seconds = 120

@@ -11,16 +11,7 @@ one. The same batch checks that ``labs/rnn`` is in sync with ``solutions/rnn``.
 
 from __future__ import annotations
 
-import pytest
-from lab_checks import (
-    Lab,
-    check_every_student_graded,
-    check_full_marks,
-    check_release_in_sync,
-    check_repository_untouched,
-    check_visible_only,
-    check_zero,
-)
+from lab_checks import EveryExerciseHalfRight, Lab
 
 LAB = Lab("rnn", "rnn-lab.ipynb")
 
@@ -97,48 +88,10 @@ HALF_RIGHT = {
 }
 
 
-def test_the_lab_has_five_exercises_of_three_points() -> None:
-    assert LAB.points == {f"ex{i}": 3.0 for i in range(1, 6)}, LAB.points
-
-
-@pytest.fixture(scope="module")
-def batch(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One ``grade rnn`` run over four submissions in a temporary course; rows by student."""
-    return LAB.grade(tmp_path_factory.mktemp("rnn-grading"), {"partial": {"ex2-solution": EX2_FORGETS_H0}, "half-right": HALF_RIGHT})
-
-
-@pytest.mark.slow
-def test_batch_grades_every_student(batch: dict) -> None:
-    check_every_student_graded(LAB, batch)
-
-
-@pytest.mark.slow
-def test_committed_lab_matches_its_release(batch: dict) -> None:
-    check_release_in_sync(LAB, batch)
-
-
-@pytest.mark.slow
-def test_solution_gets_full_marks(batch: dict) -> None:
-    check_full_marks(LAB, batch)
-
-
-@pytest.mark.slow
-def test_unmodified_lab_gets_zero(batch: dict) -> None:
-    check_zero(LAB, batch)
-
-
-@pytest.mark.slow
-def test_half_right_exercise_gets_partial_credit(batch: dict) -> None:
+class TestRnnLab(EveryExerciseHalfRight):
     """Exercise 2 forgets the first step's term: its visible test (h_0 = 0) passes, 13 of 15."""
-    check_visible_only(LAB, batch, "partial", ["ex2"])
 
-
-@pytest.mark.slow
-def test_every_exercise_has_real_partial_credit(batch: dict) -> None:
-    """Each exercise half right at once: every visible test passes, every hidden one fails, 5 of 15."""
-    check_visible_only(LAB, batch, "half-right", list(LAB.points))
-
-
-@pytest.mark.slow
-def test_grading_never_touches_the_repository(batch: dict) -> None:
-    check_repository_untouched(batch, limit_seconds=180)
+    lab = LAB
+    partial = {"ex2-solution": EX2_FORGETS_H0}
+    partial_exercise = "ex2"
+    half_right = HALF_RIGHT

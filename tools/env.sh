@@ -26,7 +26,9 @@ STAMP="$VENV/.dlbook-requirements"
 WANT="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "installing the pinned requirements into $VENV (a few minutes the first time)"
-  (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet --upgrade pip && "$VENV/bin/python" -m pip install --quiet -r requirements.txt)
+  # --no-compile: byte-compiling every installed file up front (torch alone has thousands) cost
+  # about 90 s of a fresh install; Python compiles the modules it imports on first use instead.
+  (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet --upgrade pip && "$VENV/bin/python" -m pip install --quiet --no-compile -r requirements.txt)
   echo "$WANT" > "$STAMP"
 fi
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from ..runtime import Profile
+from .canvases import _as_unit_float
 from .mnist import load_mnist
 
 Tensor = torch.Tensor
@@ -81,20 +82,6 @@ def text_to_labels(text: str) -> list[int]:
     if not text.isdigit() or not text.isascii():
         raise ValueError(f"expected a non-empty string of digits 0-9, got {text!r}")
     return [int(ch) + 1 for ch in text]
-
-
-def _as_unit_float(digits: Tensor) -> Tensor:
-    """(M,28,28) or (M,1,28,28), uint8 in 0..255 or float in [0,1] -> float32 (M,28,28) in [0,1]."""
-    if digits.dim() == 4:
-        digits = digits[:, 0]
-    if digits.dim() != 3 or digits.shape[1:] != (DIGIT, DIGIT):
-        raise ValueError(f"digits must be (M,28,28) or (M,1,28,28), got {tuple(digits.shape)}")
-    if digits.dtype == torch.uint8:
-        return digits.float() / 255.0
-    digits = digits.float()
-    if digits.min() < -1e-6 or digits.max() > 1 + 1e-6:
-        raise ValueError("float digits must lie in [0, 1]: load them with normalize=False")
-    return digits
 
 
 def make_digit_strings(
