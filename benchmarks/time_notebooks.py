@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -22,6 +23,18 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+# A lesson's outcome check prints its measured value beside its target ("... 0.9915 (target 0.98)").
+OUTCOME = re.compile(r"target\s*(?:of|at least|<=|>=|<|>|≤|≥)?\s*[-+]?[\d.]")
+
+
+def outcome_lines(nb: nbformat.NotebookNode) -> list[str]:
+    """The printed measured-vs-target lines of an executed notebook (the last four)."""
+    lines = [line.strip() for cell in nb.cells for out in cell.get("outputs", [])
+             if out.get("output_type") == "stream" for line in out.get("text", "").splitlines()
+             if OUTCOME.search(line)]
+    return lines[-4:]
 
 
 def time_notebook(path: Path, timeout: int, keep: Path | None = None) -> dict:
@@ -45,7 +58,8 @@ def time_notebook(path: Path, timeout: int, keep: Path | None = None) -> dict:
                 break
         if first_output:
             break
-    return {"notebook": str(path.relative_to(ROOT)), "seconds": round(seconds, 1), "setup": first_output, "error": error}
+    return {"notebook": str(path.relative_to(ROOT)), "seconds": round(seconds, 1), "setup": first_output, "error": error,
+            "outcome_lines": outcome_lines(nb)}
 
 
 def main() -> int:

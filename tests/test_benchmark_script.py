@@ -89,3 +89,19 @@ def test_cli_writes_the_json(tta, mirror, tmp_path, monkeypatch):
 def test_unknown_model_is_rejected(tta):
     with pytest.raises(ValueError, match="unknown models"):
         tta.run(["resnet"], profile="quick", device=torch.device("cpu"), max_seconds=1)
+
+
+def test_notebook_timer_keeps_the_outcome_lines() -> None:
+    """benchmarks/time_notebooks.py records each lesson's printed measured-vs-target lines."""
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("time_notebooks", ROOT / "benchmarks" / "time_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cell = nbformat.v4.new_code_cell("print(...)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=(
+        "training 3 epochs\nval accuracy 0.9915 (target 0.98)\n"
+        "target 'First Citizen'\nMSE 0.0020 (target <= 0.03 in the quick profile)\n"))]
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    assert module.outcome_lines(nb) == ["val accuracy 0.9915 (target 0.98)",
+                                        "MSE 0.0020 (target <= 0.03 in the quick profile)"]

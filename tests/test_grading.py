@@ -19,6 +19,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from grading_helpers import make_course as _make_course  # also imported from here by other tests
+from grading_helpers import points_of
 from grading_helpers import tree_digest as _tree_digest
 
 from dlbook.grading import cli
@@ -32,18 +33,7 @@ SOLUTION = REPO / "solutions" / "ann" / "mlp-lab.ipynb"
 LAB = REPO / "labs" / "ann" / "mlp-lab.ipynb"
 
 
-def _points() -> dict[str, float]:
-    """Points per exercise, from the nbgrader metadata of the source notebook."""
-    points: dict[str, float] = {}
-    for cell in nbformat.read(SOLUTION, as_version=4).cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if meta.get("grade"):
-            exercise = meta["grade_id"].split("-")[0]
-            points[exercise] = points.get(exercise, 0.0) + float(meta["points"])
-    return points
-
-
-POINTS = _points()
+POINTS = points_of(SOLUTION)  # points per exercise, from the source notebook's nbgrader metadata
 MAX_SCORE = sum(POINTS.values())
 
 

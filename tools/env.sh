@@ -26,9 +26,10 @@ STAMP="$VENV/.dlbook-requirements"
 WANT="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "installing the pinned requirements into $VENV (a few minutes the first time)"
-  # --no-compile: byte-compiling every installed file up front (torch alone has thousands) cost
-  # about 90 s of a fresh install; Python compiles the modules it imports on first use instead.
-  (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet --upgrade pip && "$VENV/bin/python" -m pip install --quiet --no-compile -r requirements.txt)
+  # Keep pip's byte-compiling: CI sets PYTHONDONTWRITEBYTECODE=1, so a module not compiled here is
+  # compiled again by every process that imports it (measured: --no-compile saved 90 s here and
+  # cost 8 minutes of test time, every kernel recompiling torch).
+  (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet --upgrade pip && "$VENV/bin/python" -m pip install --quiet -r requirements.txt)
   echo "$WANT" > "$STAMP"
 fi
 
