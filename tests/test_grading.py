@@ -7,9 +7,6 @@ One ``grade`` batch (module fixture) covers every kind of submission; the real `
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import json
 import shutil
 import sys
@@ -19,8 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from grading_helpers import make_course as _make_course  # also imported from here by other tests
-from grading_helpers import points_of
-from grading_helpers import tree_digest as _tree_digest
+from grading_helpers import points_of, repo_state, run_grade
 
 from dlbook.grading import cli
 from dlbook.grading.report import STATUSES, GradeRow, format_summary
@@ -94,37 +90,9 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("grading")
     course = _make_course(root / "course")
     subs = _make_submissions(root)
-    out = root / "grades.csv"
-    repo_state = (_tree_digest(REPO / "labs"), (REPO / "grading").exists())
-    stdout = io.StringIO()
-    start = time.monotonic()
-    with contextlib.redirect_stdout(stdout):
-        code = cli.main(
-            [
-                "grade",
-                "ann",
-                str(subs),
-                "--out",
-                str(out),
-                "--course-root",
-                str(course),
-                "--timeout",
-                "300",
-                "--jobs",
-                "2",
-            ]
-        )
-    with open(out, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return {
-        "code": code,
-        "rows": rows,
-        "by_student": {r["student_id"]: r for r in rows},
-        "stdout": stdout.getvalue(),
-        "course": course,
-        "seconds": time.monotonic() - start,
-        "repo_state": repo_state,
-    }
+    before = repo_state()
+    result = run_grade(course, "ann", subs, root / "grades.csv", "--timeout", "300", "--jobs", "2")
+    return {**result, "course": course, "repo_state": before}
 
 
 @pytest.mark.slow
@@ -204,7 +172,7 @@ def test_folder_without_notebook_is_missing(batch: dict) -> None:
 
 @pytest.mark.slow
 def test_grading_never_touches_the_repository(batch: dict) -> None:
-    assert (_tree_digest(REPO / "labs"), (REPO / "grading").exists()) == batch["repo_state"]
+    assert repo_state() == batch["repo_state"]
     assert batch["seconds"] < 240, f"grading the batch took {batch['seconds']:.0f} s"
 
 
