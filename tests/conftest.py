@@ -30,7 +30,10 @@ def mirror() -> Path:
 @pytest.fixture
 def isolated_data(tmp_path, monkeypatch) -> Path:
     """An empty cache and no mirror: nothing leaks in from the machine's real data folders."""
+    from dlbook.data import download
+
     cache = tmp_path / "cache"
     monkeypatch.setenv("DLBOOK_DATA_DIR", str(cache))
     monkeypatch.delenv("DLBOOK_DATA_MIRROR", raising=False)
+    monkeypatch.setattr(download, "SYSTEM_MIRRORS", ())  # e.g. Debian's /usr/share/datasets
     return cache

@@ -4,6 +4,7 @@ from .captions import CaptionData, CaptionVocab, load_captions, make_captions, r
 from .cifar import CIFAR10_CLASSES, CifarSplits, load_cifar10
 from .digit_strings import DigitStrings, load_digit_strings, make_digit_strings
 from .download import ChecksumError, MissingDataError, cache_dir, fetch, sha256_of, verify
+from .fashion_mnist import FASHION_CLASSES, FASHION_MEAN, FASHION_STD, load_fashion_mnist, stratified_split
 from .mnist import Splits, load_mnist
 from .moving_digits import MovingDigits, load_moving_digits, make_moving_digits
 from .registry import REGISTRY, DataFile, lookup
@@ -23,6 +24,7 @@ __all__ = [
     "REGISTRY", "ChecksumError", "DataFile", "MissingDataError", "Splits",
     "cache_dir", "fetch", "load_mnist", "lookup", "sha256_of", "verify",
 ]
+__all__ += ["FASHION_CLASSES", "FASHION_MEAN", "FASHION_STD", "load_fashion_mnist", "stratified_split"]
 __all__ += ["CIFAR10_CLASSES", "CifarSplits", "load_cifar10"]
 __all__ += ["Series", "load_sunspots", "make_windows"]
 __all__ += ["CharCorpus", "PolarityData", "Vocab", "char_windows", "load_polarity", "load_shakespeare",

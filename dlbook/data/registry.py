@@ -18,6 +18,11 @@ class DataFile:
     sha256: str
     license: str
     description: str
+    # True when ``sha256`` is of the gunzipped bytes: the upstream and Debian's recompressed
+    # ``.gz`` files differ as bytes but hold the same data, and both must verify.
+    content_sha256: bool = False
+    # Where else an offline machine can get the file (e.g. a Debian package), for error messages.
+    offline_hint: str = ""
 
     @property
     def filename(self) -> str:
@@ -26,6 +31,20 @@ class DataFile:
 
 _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # torchvision's first MNIST mirror
 _MNIST_LICENSE = "CC BY-SA 3.0 (Y. LeCun, C. Cortes, C. J. C. Burges)"
+
+_FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"  # Zalando's release
+_FASHION_LICENSE = "MIT (Zalando SE); cite Xiao, Rasul & Vollgraf 2017"
+_FASHION_HINT = (
+    "Debian's package has the same files: `apt-get install dataset-fashion-mnist` puts them in "
+    "/usr/share/datasets/fashion-mnist/, which is searched automatically "
+    "(or set DLBOOK_DATA_MIRROR=/usr/share/datasets)"
+)
+
+
+def _fashion(name: str, sha256: str, description: str) -> DataFile:
+    return DataFile(f"fashion-mnist/{name}", _FASHION_URL + name, sha256, _FASHION_LICENSE, description,
+                    content_sha256=True, offline_hint=_FASHION_HINT)
+
 
 REGISTRY: dict[str, DataFile] = {
     f.key: f
@@ -58,6 +77,18 @@ REGISTRY: dict[str, DataFile] = {
             _MNIST_LICENSE,
             "MNIST test labels, 10,000 (IDX1)",
         ),
+        _fashion("train-images-idx3-ubyte.gz",
+                 "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                 "Fashion-MNIST training images, 60,000 x 28 x 28 (IDX3)"),
+        _fashion("train-labels-idx1-ubyte.gz",
+                 "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                 "Fashion-MNIST training labels, 60,000 (IDX1)"),
+        _fashion("t10k-images-idx3-ubyte.gz",
+                 "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                 "Fashion-MNIST test images, 10,000 x 28 x 28 (IDX3)"),
+        _fashion("t10k-labels-idx1-ubyte.gz",
+                 "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+                 "Fashion-MNIST test labels, 10,000 (IDX1)"),
         DataFile(
             "tinyshakespeare/input.txt",
             "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
