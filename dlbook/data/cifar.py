@@ -43,15 +43,10 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 class CifarSplits(Splits):
     """:class:`~dlbook.data.Splits` plus the per-channel statistics used to standardise and the class names."""
 
+    name: str = "CIFAR-10"
+    classes: tuple[str, ...] = CIFAR10_CLASSES
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
-    classes: tuple[str, ...] = CIFAR10_CLASSES
-
-    def describe(self) -> str:
-        sizes = [f"train {len(self.train):,}", f"val {len(self.val):,}"]
-        if self.test is not None:
-            sizes.append(f"test {len(self.test):,}")
-        return f"CIFAR-10 ({self.profile}): " + ", ".join(sizes)
 
 
 # --- safe extraction ---------------------------------------------------------------------------
@@ -206,4 +201,4 @@ def load_cifar10(
 
     train, val = prepare(*train_u8.tensors), prepare(*val_u8.tensors)
     test = None if which == "quick" else prepare(test_x, test_y)
-    return CifarSplits(train, val, test, which, mean, std, read_class_names(folder))
+    return CifarSplits(train, val, test, which, classes=read_class_names(folder), mean=mean, std=std)
