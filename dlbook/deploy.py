@@ -22,8 +22,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import statistics
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -112,20 +110,14 @@ def saved_bytes(model: nn.Module, path: str | Path | None = None) -> int:
 def latency(fn: Callable[[], Any], repeats: int = 50, warmup: int = 5) -> float:
     """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` calls.
 
-    The median, not the mean: on a shared machine a few calls are delayed by other processes,
-    and the median ignores them. Wrap model calls in ``torch.inference_mode()`` (no autograd
-    bookkeeping) and pin the thread count for numbers that compare.
+    The course's one timer, :func:`dlbook.perf.median_seconds` (it waits for the GPU before and
+    after every call), with deployment's defaults. The median, not the mean: on a shared machine a
+    few calls are delayed by other processes. Wrap model calls in ``torch.inference_mode()`` (no
+    autograd bookkeeping) and pin the thread count for numbers that compare.
     """
-    if repeats < 1:
-        raise ValueError("repeats must be at least 1")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    from .perf import median_seconds
+
+    return median_seconds(fn, repeats=repeats, warmup=warmup)
 
 
 # --- ONNX ----------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ def _plain(value: Any) -> Any:
 
 
 def glue(name: str, value: Any, display: bool = False) -> Any:
-    """Record ``value`` under ``name`` for the lesson's prose (``{glue:text}`name:.3f```).
+    """Record ``value`` under ``name`` for the lesson's prose, where myst-nb's ``glue:text`` role
+    inserts it with a format spec (``name:.3f`` in the role's content).
 
     The book's numbers are then the run's numbers. Uses myst-nb's ``glue`` (the book build has
     it); elsewhere, e.g. on Colab, the value is only returned, since there is no prose to fill.

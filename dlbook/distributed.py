@@ -87,9 +87,11 @@ def load_train_data(
     return x.to(DTYPES[dtype]), y
 
 
-def save_train_data(path: Path, profile: str = "quick") -> Path:
-    """Save MNIST's training tensors (float32, as :func:`load_train_data` reads them) for the workers."""
-    x, y = load_train_data(profile, "float32")
+def save_train_data(path: Path, profile: str = "quick",
+                    data: tuple[torch.Tensor, torch.Tensor] | None = None) -> Path:
+    """Save MNIST's training tensors (float32, as :func:`load_train_data` reads them) for the workers;
+    ``data`` passes tensors already loaded (the same ones), so they are not decoded again."""
+    x, y = load_train_data(profile, "float32") if data is None else (data[0].float(), data[1])
     torch.save({"x": x, "y": y}, path)
     return path
 

@@ -4,6 +4,9 @@ Used by ``chapters/optimization/speed.ipynb``; the equation labels below are tha
 
 * :func:`timed` / :class:`Timing` - wall-clock *and* process CPU time of a call, with the CUDA
   queue drained before and after (a GPU call returns before its kernels finish)
+* :func:`median_seconds` - the course's one repeated-call timer (median wall-clock seconds, the
+  device waited for before and after every call); ``deploy.latency``, ``scratch.conv.time_call``
+  and ``models.sequence_classifiers.measure_latency`` are this timer with their lesson's defaults
 * :class:`SpeedrunCNN` - the small CNN of the public "99% on MNIST in under a second" study
 * :class:`PerSampleMNIST` - the tutorial input pipeline: a ``Dataset`` that converts and normalises
   one image at a time, for a ``DataLoader`` to collate and copy to the device batch by batch
@@ -17,7 +20,7 @@ Used by ``chapters/optimization/speed.ipynb``; the equation labels below are tha
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models.cnn import layer_macs
+from .scratch.conv import IntPair, _pair
 
 Tensor = torch.Tensor
 Batches = Callable[[], Iterator[tuple[Tensor, ...]]]
@@ -46,6 +49,90 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "T4": {"fp16": 65.0, "fp32": 8.1},
 }
 _FORMAT = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+# --- cost by hand (eq-arch-params, eq-arch-macs of the CNN chapter) ------------------------------------------------------------------------------
+
+
+def conv2d_params(c_in: int, c_out: int, k: IntPair, groups: int = 1, bias: bool = True) -> int:
+    """Learned parameters of ``Conv2d(c_in, c_out, k, groups=groups)``: c_out (c_in/g k_h k_w + 1) (eq-arch-params)."""
+    if c_in % groups or c_out % groups:
+        raise ValueError(f"groups={groups} must divide c_in={c_in} and c_out={c_out}")
+    kh, kw = _pair(k)
+    return c_out * (c_in // groups) * kh * kw + (c_out if bias else 0)
+
+
+def conv2d_macs(
+    c_in: int, c_out: int, k: IntPair, h_out: int, w_out: int, groups: int = 1, bias: bool = False
+) -> int:
+    """Multiply-accumulates for one image: c_out h_out w_out (c_in/g) k_h k_w (eq-arch-macs).
+
+    Every output value is a dot product of length ``c_in/g * k_h * k_w``. ``bias=True`` adds one
+    more per output value (the bias add), which is how ``torchinfo`` counts "mult-adds".
+    """
+    if c_in % groups or c_out % groups:
+        raise ValueError(f"groups={groups} must divide c_in={c_in} and c_out={c_out}")
+    kh, kw = _pair(k)
+    return c_out * h_out * w_out * ((c_in // groups) * kh * kw + int(bias))
+
+
+def linear_params(d_in: int, d_out: int, bias: bool = True) -> int:
+    """(d_in + 1) d_out: a fully connected layer is a 1x1 convolution on a 1x1 map (eq-arch-params)."""
+    return d_out * d_in + (d_out if bias else 0)
+
+
+def linear_macs(d_in: int, d_out: int, bias: bool = False) -> int:
+    """d_in d_out multiply-accumulates per input vector (plus d_out bias adds with ``bias=True``)."""
+    return d_out * (d_in + int(bias))
+
+
+def layer_macs(model: nn.Module, input_size: Sequence[int], bias: bool = False) -> dict[str, int]:
+    """MACs of every ``Conv2d``/``Linear`` (by module name) in one forward pass of ``zeros(input_size)``.
+
+    ``input_size`` includes the batch dimension, as in ``torchinfo.summary`` (use 1 for a per-image
+    cost). The hooks apply :func:`conv2d_macs` and :func:`linear_macs` to the shapes the layers
+    actually see, so strides, padding and pooling are accounted for without tracing by hand. The
+    model runs in eval mode under ``no_grad`` on its own device (``meta`` works: no arithmetic at all).
+    """
+    macs: dict[str, int] = {}
+
+    def hook(name: str):
+        def count(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if isinstance(module, nn.Conv2d):
+                n, _, h, w = output.shape
+                use_bias = bias and module.bias is not None
+                cost = n * conv2d_macs(module.in_channels, module.out_channels, module.kernel_size, h, w,
+                                       module.groups, use_bias)
+            else:  # nn.Linear: one dot product per output vector
+                positions = output.numel() // module.out_features
+                cost = positions * linear_macs(module.in_features, module.out_features, bias and module.bias is not None)
+            macs[name] = macs.get(name, 0) + cost
+
+        return count
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    first = next(model.parameters(), None)
+    device, dtype = (first.device, first.dtype) if first is not None else (torch.device("cpu"), torch.float32)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(tuple(input_size), device=device, dtype=dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return macs
+
+
+def count_macs(model: nn.Module, input_size: Sequence[int], bias: bool = False) -> int:
+    """Total multiply-accumulates of ``Conv2d`` and ``Linear`` layers for a batch of ``input_size``.
+
+    The sum of :func:`layer_macs`, i.e. of the hand formulas eq-arch-macs. Pooling, activations and
+    normalisation are not counted (they are a few operations per value, not per weight).
+    """
+    return sum(layer_macs(model, input_size, bias).values())
 
 
 # --- timing --------------------------------------------------------------------------------------
@@ -86,6 +173,31 @@ def timed(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[An
     return result, Timing(time.perf_counter() - wall, time.process_time() - cpu, device.type)
 
 
+def median_seconds(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
+                   device: torch.device | str | None = None) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls.
+
+    The warm-up pays for allocations, kernel selection and lazy initialisation. Every timed call is
+    bracketed by :func:`synchronize` (a GPU call returns before its kernels finish; ``device=None``
+    waits for the current CUDA device whenever CUDA is in use). The median, not the mean: on a
+    shared machine a few calls are delayed by other processes, and the median ignores them.
+    """
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    if device is None:
+        device = torch.device("cuda") if torch.cuda.is_available() and torch.cuda.is_initialized() else "cpu"
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 # --- the model and the two input pipelines -------------------------------------------------------
 
 
@@ -116,7 +228,7 @@ class SpeedrunCNN(nn.Module):
 
 
 class PerSampleMNIST(Dataset):
-    """Raw uint8 digits served one at a time, as ``torchvision.datasets.MNIST`` with the usual transform.
+    """Raw uint8 images (MNIST, Fashion-MNIST) served one at a time, as ``torchvision.datasets.MNIST`` does.
 
     Each ``__getitem__`` wraps the image in a PIL image, converts it with ``ToTensor`` (float in
     [0, 1]) and standardises it with ``Normalize``: the pipeline of PyTorch's MNIST example, which

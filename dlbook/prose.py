@@ -1,7 +1,7 @@
 """Find run-dependent numbers typed into a lesson's prose.
 
 Every number the book states must come from a run: glued from the notebook's variables
-(``{glue:text}`name```), rendered from a committed results file, or an exact constant on the
+(myst-nb's ``glue:text`` role), rendered from a committed results file, or an exact constant on the
 allow-list (a paper's figure with its citation, a count a cell asserts). This module is the
 heuristic the hygiene test (``tests/test_prose_numbers.py``) applies to each lesson's markdown.
 """
@@ -26,6 +26,13 @@ _STRIP = [
     re.compile(r"<!--.*?-->", re.S),
     re.compile(r"^\s*:[\w-]+:.*$", re.M),
     re.compile(r"^\(\w[\w-]*\)=\s*$", re.M),
+    # references and versions are not measurements: "lesson 1.5", "lessons 5.1 and 5.3",
+    # "section 3.3.1", "PyTorch 2.2", "torch 2.14.1", "Python 3.11"
+    re.compile(r"\b(?:[Ll]essons?|[Ss]ections?|[Cc]hapters?|§|[Ee]q(?:uation)?s?\.?)\s*\d+(?:\.\d+)*"
+               r"(?:(?:,\s*|\s+and\s+|\s*[-–]\s*)\d+(?:\.\d+)*)*"),
+    re.compile(r"\b(?:PyTorch|torch|torchvision|Python|CUDA|NumPy|numpy|version|v)\s*\d+(?:\.\d+)+"),
+    # a table row's leading lesson number ("| 1.5 | [A deep MLP](...)"), which a test checks
+    re.compile(r"^\|\s*\d+(?:\.\d+)+\s*\|", re.M),
 ]
 
 # Numbers that read as measurements: decimals (0.848, 1.65), percentages (96%), durations

@@ -37,3 +37,20 @@ def isolated_data(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("DLBOOK_DATA_MIRROR", raising=False)
     monkeypatch.setattr(download, "SYSTEM_MIRRORS", ())  # e.g. Debian's /usr/share/datasets
     return cache
+
+
+@pytest.fixture(autouse=True)
+def torch_global_settings_restored():
+    """A test that calls ``dlbook.setup()`` (deterministic algorithms, cuDNN benchmark off) or sets
+    the thread count must not change what the next test on the same worker sees."""
+    import torch
+
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.get_num_threads(), torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    torch.backends.cudnn.benchmark = saved[2]
+    torch.set_num_threads(saved[3])
+    torch.backends.cudnn.allow_tf32 = saved[4]
+    torch.set_float32_matmul_precision(saved[5])

@@ -1,4 +1,4 @@
-"""Helpers shared by the grading tests (``test_grading``, ``test_cnn_lab``, ``test_grading_robustness``).
+"""Helpers shared by the grading tests (``test_grading*``, ``test_cnn_lab``, ``lab_checks``).
 
 Each grading test builds a temporary copy of the course (configuration, ``solutions/``,
 ``labs/``), writes submissions next to it and runs one ``grade`` batch through the command line;
@@ -100,3 +100,45 @@ def run_grade(course: Path, assignment: str, submissions: Path, out: Path, *opti
         "seconds": seconds,
         "course": course,
     }
+
+
+def tree_files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder``: relative path -> bytes (to prove a tree byte-identical)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def hidden_lines(source: Path, release: Path) -> list[str]:
+    """Each line of the hidden tests of ``source`` (between ``### BEGIN HIDDEN TESTS`` and
+    ``### END HIDDEN TESTS``), stripped, that the released lab ``release`` does not show anyway."""
+    released = "\n".join(c.source for c in nbformat.read(release, as_version=4).cells)
+    found: list[str] = []
+    for cell in nbformat.read(source, as_version=4).cells:
+        inside = False
+        for line in cell.source.splitlines():
+            if "### BEGIN HIDDEN TESTS" in line:
+                inside = True
+            elif "### END HIDDEN TESTS" in line:
+                inside = False
+            elif inside and line.strip() and line.strip() not in released:
+                found.append(line.strip())
+    assert found, f"{source} has no hidden test line"
+    return found
+
+
+def html_text(path: Path) -> str:
+    """The text of an HTML file (tags removed, entities decoded), runs of white space made one space."""
+    import html.parser
+    import re
+
+    class Text(html.parser.HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.parts: list[str] = []
+
+        def handle_data(self, data: str) -> None:
+            self.parts.append(data)
+
+    parser = Text()
+    parser.feed(path.read_text(encoding="utf-8"))
+    parser.close()
+    return re.sub(r"\s+", " ", "".join(parser.parts))

@@ -16,12 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def toc_pages() -> list[str]:
     """Every page of book/_toc.yml, root first, without suffix."""
     toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
-    pages = [toc["root"]]
-    for part in toc["parts"]:
-        for chapter in part["chapters"]:
-            pages.append(chapter["file"])
-            pages += [s["file"] for s in chapter.get("sections", [])]
-    return pages
+
+    def walk(entries: list[dict]) -> list[str]:  # a page, then its sections (derivations nest)
+        return [page for e in entries for page in [e["file"], *walk(e.get("sections", []))]]
+
+    return [toc["root"]] + [page for part in toc["parts"] for page in walk(part["chapters"])]
 
 
 def _prime_cache(cache_path: Path) -> int:

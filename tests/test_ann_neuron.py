@@ -162,3 +162,14 @@ def test_batchnorm_needs_a_batch_in_training_mode():
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         model.train()(torch.randn(1, 784))
     assert model.eval()(torch.randn(1, 784)).shape == (1, 10)
+
+
+def test_reduce_lr_on_plateau_has_no_verbose_parameter():
+    """The lessons' statement: `verbose` (deprecated in PyTorch 2.2) is not a parameter of
+    ReduceLROnPlateau in the course's torch; the source article's verbose=True fails."""
+    import inspect
+
+    assert "verbose" not in inspect.signature(torch.optim.lr_scheduler.ReduceLROnPlateau).parameters
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(TypeError):
+        torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, verbose=True)

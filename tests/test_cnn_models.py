@@ -9,28 +9,22 @@ import torch.nn.functional as F
 import torchinfo
 from torch import nn
 
+from dlbook.data.augment import RandomCropFlip
 from dlbook.gradients import compare
 from dlbook.models import (
     AlexNetSmall,
     BasicBlock,
     InceptionModule,
     LeNet5,
-    RandomCropFlip,
     SmallInception,
     SmallResNet,
     SmallVGG,
     check_residual_jacobian,
-    conv2d_macs,
-    conv2d_params,
-    count_macs,
-    layer_macs,
-    linear_params,
-    one_cycle_lr,
-    smoothed_cross_entropy,
-    smoothed_cross_entropy_grad,
     vgg_block,
 )
+from dlbook.perf import conv2d_macs, conv2d_params, count_macs, layer_macs, linear_params
 from dlbook.scratch.conv import conv_output_size, receptive_field
+from dlbook.scratch.init import kaiming_init
 
 
 def torchinfo_macs(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, int]:
@@ -258,18 +252,6 @@ def test_random_crop_flip_flips_about_half_and_keeps_channels_last():
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
-def test_label_smoothing_loss_and_gradient_match_autograd(eps):
-    gen = torch.Generator().manual_seed(1)
-    logits = torch.randn(7, 5, dtype=torch.float64, generator=gen) * 3
-    target = torch.randint(0, 5, (7,), generator=gen)
-    z = logits.clone().requires_grad_(True)
-    loss = F.cross_entropy(z, target, label_smoothing=eps)
-    loss.backward()
-    compare({"loss": smoothed_cross_entropy(logits, target, eps)}, {"loss": loss.detach()}).assert_ok()
-    compare({"dL/dz": smoothed_cross_entropy_grad(logits, target, eps)}, {"dL/dz": z.grad}).assert_ok()
-
-
 def test_planted_bug_in_smoothing_targets_is_caught():
     """Spreading eps over the K - 1 wrong classes only (a common mistake) is a different loss."""
     gen = torch.Generator().manual_seed(2)
@@ -283,19 +265,21 @@ def test_planted_bug_in_smoothing_targets_is_caught():
     assert not report.ok
 
 
-def test_one_cycle_formula_matches_torch():
-    total, max_lr = 57, 0.2
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=max_lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total)
-    lrs = []
-    for _ in range(total):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    ours = one_cycle_lr(torch.arange(total).numpy(), total, max_lr)
-    assert compare({"lr": torch.tensor(ours)}, {"lr": torch.tensor(lrs, dtype=torch.float64)}, tolerance=1e-12).ok
-    assert one_cycle_lr(0, total, max_lr) == pytest.approx(max_lr / 25)
-    assert max(lrs) == pytest.approx(max_lr, rel=1e-3) and lrs[-1] == pytest.approx(max_lr / 25 / 1e4)
+def test_kaiming_init_draws_what_torch_draws():
+    """kaiming_init (eq-init-kaiming through kaiming_std) = nn.init.kaiming_normal_(relu), number for number."""
+    ours, theirs = SmallVGG(), SmallVGG()
+    torch.manual_seed(3)
+    kaiming_init(ours, zero_last=False)
+    torch.manual_seed(3)
+    for m in theirs.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    last = [m for m in kaiming_init(SmallVGG()).modules() if isinstance(m, nn.Linear)][-1]
+    assert not last.weight.any(), "zero_last must zero the output layer"
 
 
 def test_models_train_a_step_in_channels_last():

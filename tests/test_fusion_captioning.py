@@ -147,13 +147,13 @@ def _without_score_path(d_context, A, h, W_a, U_a, b, v):
 
 def _without_softmax_coupling(d_context, A, h, W_a, U_a, b, v):
     """Planted bug 2: de_i = alpha_i dalpha_i (only the diagonal of the softmax Jacobian)."""
-    U = torch.tanh(A @ W_a.T + b + (h @ U_a.T).unsqueeze(1))
-    alpha = (U @ v).softmax(-1)
+    u = torch.tanh(A @ W_a.T + b + (h @ U_a.T).unsqueeze(1))
+    alpha = (u @ v).softmax(-1)
     d_e = alpha * (A @ d_context.unsqueeze(-1)).squeeze(-1)
-    d_s = d_e.unsqueeze(-1) * v * (1 - U**2)
+    d_s = d_e.unsqueeze(-1) * v * (1 - u**2)
     return {"A": alpha.unsqueeze(-1) * d_context.unsqueeze(1) + d_s @ W_a, "h": d_s.sum(1) @ U_a,
             "W_a": torch.einsum("bla,bld->ad", d_s, A), "U_a": d_s.sum(1).T @ h, "b": d_s.sum((0, 1)),
-            "v": torch.einsum("bl,bla->a", d_e, U)}
+            "v": torch.einsum("bl,bla->a", d_e, u)}
 
 
 def test_planted_bugs_are_caught() -> None:

@@ -100,3 +100,43 @@ class TestFusionLab(EveryExerciseHalfRight):
     partial = {"ex4-solution": EX4_IGNORES_LENGTHS}
     partial_exercise = "ex4"
     half_right = HALF_RIGHT
+
+
+def _solution_function(cell_id: str, name: str):
+    """The reference answer of one exercise, executed from ``solutions/fusion`` as released."""
+    import math
+    from pathlib import Path
+
+    import nbformat
+    import torch
+
+    path = Path(__file__).resolve().parents[1] / "solutions" / "fusion" / "fusion-lab.ipynb"
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if c.get("id") == cell_id)
+    namespace = {"math": math, "torch": torch}
+    exec(compile(cell.source, f"{path.name}:{cell_id}", "exec"), namespace)
+    return namespace[name]
+
+
+def test_fully_masked_query_gives_zero_row_and_finite_gradients():
+    """Exercise 3 and the self-attention derivation agree: a query with no allowed key gets a zero
+    row of weights and a zero output, and backpropagating through it gives finite gradients."""
+    import torch
+
+    sdpa = _solution_function("ex3-solution", "scaled_dot_product_attention")
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 4, n, dtype=torch.float64, generator=gen).requires_grad_(True) for n in (8, 8, 3))
+    valid = torch.arange(4) < torch.tensor([4, 2])[:, None]  # sequence 1 has two padding positions
+    mask = (valid[:, None, :, None] & valid[:, None, None, :])  # padding queries may attend to nothing
+    for causal in (False, True):
+        output, weights = sdpa(q, k, v, mask, causal)
+        empty = ~valid[1]
+        assert torch.equal(weights[1][:, empty], torch.zeros_like(weights[1][:, empty])), "a fully masked row must be 0"
+        assert torch.equal(output[1][:, empty], torch.zeros_like(output[1][:, empty])), "its output must be 0"
+        assert torch.isfinite(output).all() and torch.isfinite(weights).all()
+        (output * torch.randn(output.shape, dtype=torch.float64, generator=gen)).sum().backward()
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            assert torch.isfinite(t.grad).all(), f"dL/d{name} is not finite with a fully masked query (causal={causal})"
+            t.grad = None
+    # the guard is what makes it finite: without it, the same rows are nan (the derivation's warning)
+    scores = (q @ k.transpose(-2, -1)).masked_fill(~mask, float("-inf"))
+    assert torch.isnan(torch.softmax(scores, dim=-1)[1][:, empty]).all()

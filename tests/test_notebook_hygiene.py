@@ -131,3 +131,31 @@ def test_bibliography_page_is_current():
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bibliography.py"), "--check"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_chapter_tables_number_lessons_as_the_sidebar_does():
+    """A chapter's own table numbers its lessons 1.1, 1.2, ... in the order and with the numbers
+    the numbered sidebar gives them (derivation pages nest under their lesson, and the index
+    page's own headings are rubrics, so neither shifts the lessons' numbers)."""
+    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
+    numbered = [p for p in toc["parts"] if p.get("numbered")]
+    assert numbered, "no numbered part in book/_toc.yml"
+    for number, part in enumerate(numbered, start=1):
+        (chapter,) = part["chapters"]
+        expected = [(f"{number}.{k}", Path(s["file"]).name) for k, s in enumerate(chapter["sections"], start=1)]
+        index = (ROOT / f"{chapter['file']}.md").read_text(encoding="utf-8")
+        table = re.findall(r"^\| (\d+\.\d+) \| \[[^\]]+\]\(([\w-]+)\.ipynb\)", index, re.M)
+        assert table == expected, f"{chapter['file']}.md numbers its lessons {table}, the sidebar {expected}"
+        headings = re.findall(r"^##+ .+$", index, re.M)
+        assert not headings, f"{chapter['file']}.md: section headings shift the sidebar's lesson numbers: {headings}"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=rel)
+def test_lesson_ends_its_outcome_check_with_the_full_scale_results(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    stem = f"{path.parent.name}/{path.stem}"
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    assert any(f'show_full_scale("{stem}")' in c for c in code), (
+        f"{rel(path)}: end the outcome check with a cell calling show_full_scale(\"{stem}\") "
+        "(dlbook.results), which renders the committed full-profile results or 'not measured yet'"
+    )

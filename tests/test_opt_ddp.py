@@ -112,6 +112,7 @@ def test_simulated_ddp_training_matches_reference(dtype: str, tolerance: float) 
 # --- the real thing: torchrun, two gloo processes ------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess or a training run: not in `tools/test --fast`
 def test_torchrun_two_processes_match_single_process(tmp_path, mirror) -> None:
     cfg = ddp.DDPConfig(steps=10, per_rank_batch=32, hidden=32, dtype="float64")
     data_file = ddp.save_train_data(tmp_path / "mnist.pt", cfg.profile)  # real MNIST, decoded once

@@ -1,7 +1,7 @@
 """Optimization lesson 1: optimizers from scratch (dlbook/scratch/optimizers.py).
 
 The derivation is chapters/optimization/optimizers-derivation.md. Each scratch optimizer must equal
-torch.optim weight for weight after 200 float64 steps on real MNIST batches, the derivation's
+torch.optim weight for weight after 200 float64 steps on real Fashion-MNIST batches (as in the lesson), the derivation's
 equivalence claims must hold numerically, and planted bugs (Adam without bias correction, L2 in
 place of decoupled decay) must fail the same check.
 """
@@ -22,9 +22,9 @@ SETTINGS = opt.proof_settings()
 
 @pytest.fixture(scope="module")
 def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from dlbook.data import load_mnist
+    from dlbook.data import load_fashion_mnist
 
-    x, y = load_mnist("quick", flatten=True).train.tensors
+    x, y = load_fashion_mnist("quick", flatten=True, train_size=8_000).train.tensors
     return opt.batches_of(x, y, batch_size=32)[:200]
 
 

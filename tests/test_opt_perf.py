@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import dlbook.perf as perf
-from dlbook.models import LeNet5, layer_macs
+from dlbook.models import LeNet5
+from dlbook.perf import layer_macs
 from dlbook.train import device_batches
 
 
@@ -122,3 +123,40 @@ def test_matmul_rate_is_positive_and_plausible() -> None:
 
 def test_speedups() -> None:
     assert perf.speedups([2.0, 4.0, 3.0]).tolist() == [1.0, 2.0, 0.75]
+
+
+def test_median_seconds_is_the_median_and_waits_for_the_device(monkeypatch):
+    """The one timer: warm-up calls are not timed, the median is returned, and the device is
+    synchronised before and after every timed call."""
+    calls, syncs = [], []
+    monkeypatch.setattr(perf, "synchronize", lambda device: syncs.append(str(device)))
+    durations = iter([0.0, 0.0, 0.03, 0.01, 0.02])  # two warm-up calls, then three timed
+
+    def work():
+        calls.append(1)
+        import time as _t
+        _t.sleep(next(durations))
+
+    seconds = perf.median_seconds(work, repeats=3, warmup=2, device="cpu")
+    assert len(calls) == 5 and len(syncs) == 6, (len(calls), len(syncs))
+    assert 0.015 < seconds < 0.03, seconds
+    with pytest.raises(ValueError, match="repeats"):
+        perf.median_seconds(work, repeats=0)
+
+
+def test_every_latency_helper_is_the_one_timer(monkeypatch):
+    """deploy.latency, scratch.conv.time_call and measure_latency delegate to perf.median_seconds."""
+    import torch
+
+    from dlbook import deploy
+    from dlbook.models import sequence_classifiers
+    from dlbook.scratch import conv
+
+    seen = []
+    monkeypatch.setattr(perf, "median_seconds", lambda fn, **kw: seen.append(kw) or 1.25)
+    monkeypatch.setattr(sequence_classifiers, "median_seconds", perf.median_seconds)
+    assert deploy.latency(lambda: None, repeats=3, warmup=0) == 1.25
+    assert conv.time_call(lambda: None, repeats=4) == 1.25
+    model = torch.nn.Embedding(5, 2)
+    assert sequence_classifiers.measure_latency(model, torch.zeros(1, 3, dtype=torch.long), "cpu") == 1.25
+    assert [kw["repeats"] for kw in seen] == [3, 4, 5]

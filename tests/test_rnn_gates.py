@@ -238,3 +238,16 @@ def test_sequence_generators_validate_arguments() -> None:
         adding_problem(4, 1)
     with pytest.raises(ValueError):
         copy_problem(4, delay=0)
+
+
+# --- the source article's pseudo-cells (seed 004), corrected ----------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_seed004_cells_equal_torch_cells(seed: int) -> None:
+    """The corrected lstm_cell / gru_cell of seed 004 equal nn.LSTMCell / nn.GRUCell in float64;
+    the article's own GRU candidate (Cho et al.'s reset-before form) does not."""
+    errors = gates.check_seed004_cells(input_size=3, hidden_size=5, examples=4, seed=seed)
+    for name in ("lstm h", "lstm c", "gru h"):
+        assert errors[name] < 1e-8, f"seed-004 {name} differs from PyTorch's cell: {errors[name]:.1e}"
+    assert errors["gru h, Cho's form"] > 1e-3, "Cho's GRU form should differ from PyTorch's"

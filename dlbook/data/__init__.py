@@ -1,5 +1,6 @@
 """Datasets: a checksummed registry, a mirror-aware fetcher and the loaders built on them."""
 
+from .augment import RandomCropFlip
 from .captions import CaptionData, CaptionVocab, load_captions, make_captions, reference_captions
 from .cifar import CIFAR10_CLASSES, CifarSplits, load_cifar10
 from .digit_strings import DigitStrings, load_digit_strings, make_digit_strings
@@ -32,3 +33,4 @@ __all__ += ["CharCorpus", "PolarityData", "Vocab", "char_windows", "load_polarit
 __all__ += ["CaptionData", "CaptionVocab", "load_captions", "make_captions", "reference_captions",
             "DigitStrings", "load_digit_strings", "make_digit_strings",
             "MovingDigits", "load_moving_digits", "make_moving_digits"]
+__all__ += ["RandomCropFlip"]

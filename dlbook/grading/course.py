@@ -14,6 +14,10 @@ class CourseError(Exception):
     """The course, an assignment or a folder given on the command line does not exist."""
 
 
+class ReleaseError(Exception):
+    """nbgrader could not generate the assignment (raised by :mod:`.release`)."""
+
+
 @dataclass(frozen=True)
 class CourseLayout:
     """Absolute paths of an nbgrader course, as configured by its ``nbgrader_config.py``."""
@@ -25,6 +29,21 @@ class CourseLayout:
     autograded_dir: Path
     db_url: str
     directory_structure: str = "{nbgrader_step}/{student_id}/{assignment_id}"
+    feedback_dir: Path | None = None  # default: ``feedback`` next to the autograded folder
+
+    def __post_init__(self) -> None:
+        if self.feedback_dir is None:
+            object.__setattr__(self, "feedback_dir", self.autograded_dir.parent / "feedback")
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where the grader keeps nbgrader's output of each student (``grading/logs``)."""
+        return self.submitted_dir.parent / "logs"
+
+    def output_dirs(self) -> list[Path]:
+        """The folders the grader writes, besides the submitted one: autograded, feedback, logs."""
+        assert self.feedback_dir is not None
+        return [self.autograded_dir, self.feedback_dir, self.logs_dir]
 
     @property
     def config_file(self) -> Path:
@@ -117,6 +136,7 @@ def load_layout(root: Path) -> CourseLayout:
         release_dir=folder(coursedir.release_directory),
         submitted_dir=folder(coursedir.submitted_directory),
         autograded_dir=folder(coursedir.autograded_directory),
+        feedback_dir=folder(coursedir.feedback_directory),
         db_url=coursedir.db_url,
         directory_structure=coursedir.directory_structure,
     )

@@ -1,13 +1,19 @@
 """Autograde a folder of submissions, one sandboxed nbgrader run per student, into :class:`GradeRow` rows.
 
-For each student: find the expected notebooks (a single notebook under another name is taken,
-and the rename noted), validate them (size, JSON, nbformat) before nbgrader sees them, restore
-their locked cells from the release and scan the student's code (:mod:`.integrity`), then run
-``nbgrader autograde`` in a throw-away copy of the course (:mod:`.sandbox`) with a wall-clock
-limit. Scores are checked against the source's points and the executed notebook, the autograded
-notebook is scanned (truncated output, leaked hidden tests), and the results are copied into the
-real course (``grading/``: submitted and autograded notebooks, the gradebook). The files of the
-assignment in the course are checked after every student and restored if they changed.
+The submissions folder is never written: it is graded from a snapshot copy, and afterwards every
+file is checked against its digest and put back if it changed (:mod:`.snapshot`). A folder inside
+the grader's own output (autograded, feedback, logs) is refused; the course's submitted folder
+(``nbgrader collect``'s) is accepted and then left as it is.
+
+For each student: find the expected notebooks (a notebook stamped with another lab is reported,
+not graded; a single notebook of the lab under another name is taken, and the rename noted),
+validate them (size, JSON, nbformat) before nbgrader sees them, restore their locked cells from
+the release and scan the student's code (:mod:`.integrity`), then run ``nbgrader autograde`` in
+a throw-away copy of the course (:mod:`.sandbox`) with a wall-clock limit. Scores are checked
+against the source's points and the executed notebook, the autograded notebook is scanned
+(truncated output, leaked hidden tests), and the results are copied into the real course
+(``grading/``: submitted and autograded notebooks, the gradebook). The files of the assignment in
+the course are checked after every student and restored if they changed.
 
 A bad submission only ever produces its own row; every row says what was noticed in ``notes``
 and whether a person should ``review`` it.
@@ -32,13 +38,19 @@ from .gradebook import exercise_of, store_scores, stored_scores
 from .integrity import LabReference, Note, load_reference, repair, scan_code, scan_outputs
 from .release import generate_isolated, notebook_differences, register_assignment
 from .report import GradeRow
-from .runner import summarize_error
+from .runner import DEFAULT_MAX_OUTPUT, DEFAULT_TIMEOUT, summarize_error
 from .sandbox import SandboxRun, autograde_in_sandbox
-from .submissions import STUDENT_ID, Submission, find_submissions, student_folders, unexpected_notebooks
+from .snapshot import Snapshot, check_submissions_folder, is_inside
+from .submissions import (
+    STUDENT_ID,
+    Submission,
+    find_submissions,
+    lab_stamp,
+    student_folders,
+    unexpected_notebooks,
+)
 from .validation import validate_notebook
 
-DEFAULT_TIMEOUT = 600.0
-DEFAULT_MAX_OUTPUT = 1_000_000  # characters of output kept per cell (5x that per notebook)
 _GRADEBOOK_LOCK = threading.Lock()  # one thread at a time writes the real course
 _SKIP = {"__pycache__", ".ipynb_checkpoints"}
 
@@ -151,6 +163,7 @@ class _Batch:
     timeout: float
     max_output: int
     scores: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    copy_submitted: bool = True  # False when grading the course's own submitted folder
 
     @property
     def support_files(self) -> dict[str, bytes]:
@@ -281,22 +294,28 @@ def _row_from_run(batch: _Batch, student_id: str, sub: Submission, run: SandboxR
 def _store(
     batch: _Batch, student_id: str, valid: list[Submission], run: SandboxRun, rows: list[GradeRow]
 ) -> None:
-    """Copy a student's submitted and autograded notebooks into the course and record the scores."""
+    """Copy a student's submitted and autograded notebooks into the course and record the scores.
+
+    When the batch grades the course's submitted folder itself (``nbgrader collect``'s), the
+    submitted notebooks are already there and that folder is not written.
+    """
     layout, assignment = batch.layout, batch.assignment
     with _GRADEBOOK_LOCK:
-        submitted = layout.step_folder(layout.submitted_dir, student_id, assignment)
         autograded = layout.step_folder(layout.autograded_dir, student_id, assignment)
-        for folder in (submitted, autograded):
-            if folder.exists():
-                shutil.rmtree(folder)
-        submitted.mkdir(parents=True)
-        for sub in valid:
-            assert sub.path is not None
-            shutil.copyfile(sub.path, submitted / sub.notebook)
+        if autograded.exists():
+            shutil.rmtree(autograded)
+        if batch.copy_submitted:
+            submitted = layout.step_folder(layout.submitted_dir, student_id, assignment)
+            if submitted.exists():
+                shutil.rmtree(submitted)
+            submitted.mkdir(parents=True)
+            for sub in valid:
+                assert sub.path is not None
+                shutil.copyfile(sub.path, submitted / sub.notebook)
         for name, nb in run.autograded.items():
             autograded.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, autograded / name)
-        log = layout.submitted_dir.parent / "logs" / assignment / f"{student_id}.log"
+        log = layout.logs_dir / assignment / f"{student_id}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(run.result.output, encoding="utf-8")  # nbgrader's output, head and tail
         for row in rows:
@@ -371,10 +390,24 @@ def _renamed(
     return Submission(student_id, name, path, sub.others, renamed_from=other), None, note
 
 
+def _foreign(folder: Path, rel: str, assignment: str) -> str | None:
+    """How to name ``folder/rel`` when its metadata says it is another lab's notebook, else ``None``."""
+    stamp = lab_stamp(folder / rel)
+    if stamp is None or stamp.lab == assignment:
+        return None
+    return f"{rel}, lab {stamp.lab}"
+
+
 def _check_student(
     folder: Path, batch: _Batch
 ) -> tuple[list[Submission], dict[str, GradeRow], dict[str, list[Note]]]:
-    """Split a student's expected notebooks into valid ones and rows for the problems found."""
+    """Split a student's expected notebooks into valid ones and rows for the problems found.
+
+    A notebook stamped with another lab (:func:`.submissions.lab_stamp`) is reported as such,
+    never graded; one stamped with this lab's notebook under another file name is a rename; an
+    unstamped notebook (an older release) is taken as a rename when it is the folder's only
+    other notebook and has cells of the lab.
+    """
     student_id, assignment, notebooks = folder.name, batch.assignment, batch.notebooks
     if not STUDENT_ID.match(student_id):
         message = "use letters, digits and . _ @ - only (no spaces)"
@@ -391,21 +424,43 @@ def _check_student(
     for sub in subs:
         if sub.path is None:
             others = unexpected_notebooks(sub, notebooks)
-            if len(missing) == 1 and len(others) == 1:
-                renamed, row, note = _renamed(folder, sub, batch, others)
+            stamps = {o: lab_stamp(folder / o) for o in sub.others}
+            foreign = {o: st.lab for o, st in stamps.items() if st is not None and st.lab != assignment}
+            own = [
+                o for o in others if (st := stamps[o]) and st.lab == assignment and st.notebook == sub.notebook
+            ]
+            unstamped = [o for o in others if stamps[o] is None]
+            # this lab's notebook by its stamp; else, for older releases, the only other notebook
+            candidates = own if len(own) == 1 else unstamped if not own and len(missing) == 1 else []
+            if len(candidates) == 1:
+                renamed, row, note = _renamed(folder, sub, batch, candidates)
                 if renamed is not None and note is not None:
                     valid.append(renamed)
                     notes[sub.notebook] = [note]
                 elif row is not None:
                     problems[sub.notebook] = row
                 continue
-            hint = f"; found instead: {', '.join(sub.others)}" if sub.others else ""
+            hint = "".join(f"; found another lab's notebook ({o}, lab {lab})" for o, lab in foreign.items())
+            rest = [o for o in sub.others if o not in foreign]
+            if rest:
+                hint += f"; found instead: {', '.join(rest)}"
             problems[sub.notebook] = GradeRow(
                 student_id,
                 assignment,
                 sub.notebook,
                 "missing-notebook",
                 f"no {sub.notebook} in {folder.name}/{hint}",
+            )
+            continue
+        foreign_self = _foreign(folder, sub.path.relative_to(folder).as_posix(), assignment)
+        if foreign_self is not None:
+            problems[sub.notebook] = GradeRow(
+                student_id,
+                assignment,
+                sub.notebook,
+                "missing-notebook",
+                f"no {sub.notebook} of lab {assignment} in {folder.name}/; "
+                f"found another lab's notebook ({foreign_self})",
             )
             continue
         problem = validate_notebook(sub.path)
@@ -500,19 +555,41 @@ def grade_submissions(
     ``progress`` receives one line per step (default: print to stderr).
     """
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    originals = check_submissions_folder(layout, submissions_dir)
     with tempfile.TemporaryDirectory(prefix="dlbook-grade-") as scratch:
         batch = _prepare(layout, assignment, Path(scratch), timeout, max_output, say)
+    batch.copy_submitted = not (
+        is_inside(originals, layout.submitted_dir) or is_inside(layout.submitted_dir, originals)
+    )
+    with Snapshot(originals) as snapshot:
+        for error in snapshot.copy_errors:
+            say(f"warning: could not copy {error}")
+        rows = _grade_folder(batch, snapshot.folder, jobs, say)
+        changes = snapshot.verify()
+    if changes:
+        for row in rows:
+            for change in changes.get(row.student_id, []):
+                row.add_note(f"submission changed during grading: {change}", review=True)
+        changed = "; ".join(f"{who}: {', '.join(what)}" for who, what in sorted(changes.items()))
+        say(f"warning: files of {originals} changed while grading ({changed})")
+    else:
+        say(f"checked {originals}: all {snapshot.files} files byte-identical after grading (SHA-256)")
+    return rows
 
+
+def _grade_folder(batch: _Batch, folder: Path, jobs: int, say: Callable[[str], None]) -> list[GradeRow]:
+    """Grade every student folder of ``folder`` (the snapshot of the submissions)."""
+    assignment = batch.assignment
     checked: dict[str, tuple[list[Submission], dict[str, GradeRow], dict[str, list[Note]]]] = {}
-    for folder in student_folders(Path(submissions_dir)):
+    for student in student_folders(folder):
         try:
-            checked[folder.name] = _check_student(folder, batch)
+            checked[student.name] = _check_student(student, batch)
         except Exception as exc:  # e.g. an unreadable folder: report it, go on
             message = f"{type(exc).__name__}: {exc}"
-            checked[folder.name] = (
+            checked[student.name] = (
                 [],
                 {
-                    n: GradeRow(folder.name, assignment, n, "autograde-error", message)
+                    n: GradeRow(student.name, assignment, n, "autograde-error", message)
                     for n in batch.notebooks
                 },
                 {},

@@ -3,7 +3,9 @@
 :func:`release` runs nbgrader in a throw-away copy of the course (configuration + the
 assignment's sources, a fresh gradebook) and copies the generated folder back into the release
 directory (``labs/``): nothing else in the repository changes, and the same sources always give
-byte-identical labs. :func:`register_assignment` is the grading-side counterpart: it records the
+byte-identical labs. Each generated notebook is stamped with the identity of its lab
+(:data:`dlbook.grading.submissions.LAB_KEY` in the notebook metadata), which the grader reads to
+tell another lab's notebook from a renamed one. :func:`register_assignment` is the grading-side counterpart: it records the
 assignment in the course gradebook without writing into ``labs/``.
 """
 
@@ -15,12 +17,9 @@ from pathlib import Path
 
 import nbformat
 
-from .course import CONFIG_NAME, CourseLayout
+from .course import CONFIG_NAME, CourseLayout, ReleaseError
 from .runner import run_nbgrader, summarize_error
-
-
-class ReleaseError(Exception):
-    """nbgrader could not generate the assignment."""
+from .submissions import LAB_KEY
 
 
 def _generate(
@@ -62,6 +61,14 @@ def _check_no_outputs(folder: Path) -> None:
                 )
 
 
+def _stamp(folder: Path, assignment: str) -> None:
+    """Write the lab's identity into the metadata of every generated notebook of ``folder``."""
+    for path in sorted(folder.rglob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        nb.metadata[LAB_KEY] = {"lab": assignment, "notebook": path.relative_to(folder).as_posix()}
+        nbformat.write(nb, path)
+
+
 def generate_isolated(layout: CourseLayout, assignment: str, workdir: Path) -> tuple[Path, Path]:
     """Generate the student version of ``assignment`` in a throw-away course under ``workdir``.
 
@@ -85,6 +92,7 @@ def generate_isolated(layout: CourseLayout, assignment: str, workdir: Path) -> t
     db = workdir / "gradebook.db"
     _generate(assignment, course, out, f"sqlite:///{db.as_posix()}", workdir / "nbgrader.log")
     _check_no_outputs(out / assignment)
+    _stamp(out / assignment, assignment)
     return out / assignment, db
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 #: Meaning of each status (also in book/instructors.md).
 STATUSES: dict[str, str] = {
     "graded": "autograded; score is the sum of the passed test cells",
-    "missing-notebook": "no notebook with the expected name (nor a single other notebook of the lab)",
+    "missing-notebook": "no notebook of the lab with the expected name (nor a single other notebook of the lab); "
+    "another lab's notebook is named in the message",
     "invalid-notebook": "the file is not a valid notebook (too large, bad JSON, not nbformat 4, schema error)",
     "invalid-student-id": "the folder name cannot be used as an nbgrader student id",
     "timeout": "autograding the student took longer than --timeout seconds and was killed",

@@ -29,6 +29,8 @@ from pathlib import Path
 MARKER_ENV = "DLBOOK_GRADING_RUN"  # inherited by nbgrader, its kernels and their children
 OUTPUT_HEAD = 100_000  # characters of output kept from the start ...
 OUTPUT_TAIL = 400_000  # ... and from the end (nbgrader's errors come last)
+DEFAULT_TIMEOUT = 600.0  # seconds of autograding per student (``grade --timeout``)
+DEFAULT_MAX_OUTPUT = 1_000_000  # characters of output kept per cell, 5x that per notebook
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,49 @@ Accepted layouts, for an assignment ``ann`` with notebook ``mlp-lab.ipynb``::
     SUBMISSIONS_DIR/<student_id>/ann/mlp-lab.ipynb      (preferred when both exist)
 
 Every visible sub-folder is a student; files directly in SUBMISSIONS_DIR are ignored.
+
+A released notebook carries the identity of its lab in its metadata (:data:`LAB_KEY`, written by
+:func:`dlbook.grading.release.release`): :func:`lab_stamp` reads it, so that a notebook of another
+lab is told apart from a renamed one. Notebooks released before the stamp have none.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 # nbgrader uses the student id in glob patterns and paths: keep to characters safe for both.
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+
+#: Notebook metadata key of the lab's identity: ``{"dlbook": {"lab": "ann", "notebook": "mlp-lab.ipynb"}}``.
+LAB_KEY = "dlbook"
+_MAX_STAMP_BYTES = 50 * 2**20
+
+
+@dataclass(frozen=True)
+class LabStamp:
+    """Which lab (assignment) and which of its notebooks a released notebook is."""
+
+    lab: str
+    notebook: str
+
+
+def lab_stamp(path: Path) -> LabStamp | None:
+    """The lab identity in the metadata of the notebook at ``path``; ``None`` when it has none
+    (an older release, a notebook made elsewhere) or the file is not a readable notebook."""
+    try:
+        if Path(path).stat().st_size > _MAX_STAMP_BYTES:
+            return None
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        stamp = data["metadata"][LAB_KEY]
+        lab, notebook = stamp["lab"], stamp["notebook"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(lab, str) and isinstance(notebook, str) and lab and notebook:
+        return LabStamp(lab, notebook)
+    return None
 
 
 @dataclass(frozen=True)

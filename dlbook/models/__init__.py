@@ -1,8 +1,13 @@
 """Reusable models the chapters train and dissect.
 
 * :mod:`dlbook.models.cnn` - LeNet-5, a small AlexNet, VGG blocks, the Inception module, the ResNet
-  basic block and a CIFAR-style ResNet; hand parameter/MAC formulas and a hook-based MAC counter;
-  the CNN training recipe's pieces (label smoothing, one-cycle schedule, on-device crop + flip).
+  basic block and a CIFAR-style ResNet (their cost formulas are in :mod:`dlbook.perf`)
+* :mod:`dlbook.models.captioning`, :mod:`~dlbook.models.crnn`, :mod:`~dlbook.models.video` - the
+  fusion chapter's CNN + RNN models; :mod:`~dlbook.models.char_lm`,
+  :mod:`~dlbook.models.forecasting`, :mod:`~dlbook.models.multitask`,
+  :mod:`~dlbook.models.sequence_classifiers`, :mod:`~dlbook.models.text_classifiers` - the
+  recurrent and attention models of the RNN and fusion chapters; :mod:`~dlbook.models.unet` - the
+  segmentation network. Only the CNN family is re-exported here; import the others from their module.
 """
 
 from .cnn import (
@@ -10,27 +15,14 @@ from .cnn import (
     BasicBlock,
     InceptionModule,
     LeNet5,
-    RandomCropFlip,
     SmallInception,
     SmallResNet,
     SmallVGG,
     check_residual_jacobian,
-    conv2d_macs,
-    conv2d_params,
-    count_macs,
-    kaiming_init,
-    layer_macs,
-    linear_macs,
-    linear_params,
-    one_cycle_lr,
-    smoothed_cross_entropy,
-    smoothed_cross_entropy_grad,
     vgg_block,
 )
 
 __all__ = [
-    "AlexNetSmall", "BasicBlock", "InceptionModule", "LeNet5", "RandomCropFlip", "SmallInception",
-    "SmallResNet", "SmallVGG", "check_residual_jacobian", "conv2d_macs", "conv2d_params", "count_macs",
-    "kaiming_init", "layer_macs", "linear_macs", "linear_params", "one_cycle_lr", "smoothed_cross_entropy",
-    "smoothed_cross_entropy_grad", "vgg_block",
+    "AlexNetSmall", "BasicBlock", "InceptionModule", "LeNet5", "SmallInception", "SmallResNet", "SmallVGG",
+    "check_residual_jacobian", "vgg_block",
 ]

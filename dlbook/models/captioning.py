@@ -43,8 +43,8 @@ def additive_attention(
     """
     if keys is None:
         keys = A @ W_a.T + b  # (B, L, A')
-    U = torch.tanh(keys + (h @ U_a.T).unsqueeze(1))  # (B, L, A'): the query is added to every position
-    alpha = (U @ v).softmax(dim=-1)  # (B, L)
+    u = torch.tanh(keys + (h @ U_a.T).unsqueeze(1))  # (B, L, A'): the query is added to every position
+    alpha = (u @ v).softmax(dim=-1)  # (B, L)
     context = (alpha.unsqueeze(1) @ A).squeeze(1)  # (B, 1, L) @ (B, L, D): sum_i alpha_i a_i, (B, D)
     return context, alpha
 
@@ -62,11 +62,11 @@ def additive_attention_backward(
     * eq-att-grad-h: ``dh = U_a^T sum_i ds_i`` (the query is added to every score)
     * eq-att-grad-a: ``da_i = alpha_i g + W_a^T ds_i`` (through the context and through the score)
     """
-    U = torch.tanh(A @ W_a.T + b + (h @ U_a.T).unsqueeze(1))  # recompute what the backward needs
-    alpha = (U @ v).softmax(dim=-1)
+    u = torch.tanh(A @ W_a.T + b + (h @ U_a.T).unsqueeze(1))  # recompute what the backward needs
+    alpha = (u @ v).softmax(dim=-1)
     d_alpha = (A @ d_context.unsqueeze(-1)).squeeze(-1)  # (B, L)
     d_e = alpha * (d_alpha - (alpha * d_alpha).sum(dim=1, keepdim=True))  # (B, L)
-    d_s = d_e.unsqueeze(-1) * v * (1 - U**2)  # (B, L, A')
+    d_s = d_e.unsqueeze(-1) * v * (1 - u**2)  # (B, L, A')
     d_s_sum = d_s.sum(dim=1)  # (B, A'): h and U_a reach every position's score
     return {
         "A": alpha.unsqueeze(-1) * d_context.unsqueeze(1) + d_s @ W_a,
@@ -74,7 +74,7 @@ def additive_attention_backward(
         "W_a": torch.einsum("bla,bld->ad", d_s, A),
         "U_a": d_s_sum.T @ h,
         "b": d_s_sum.sum(dim=0),
-        "v": torch.einsum("bl,bla->a", d_e, U),
+        "v": torch.einsum("bl,bla->a", d_e, u),
     }
 
 

@@ -1,21 +1,14 @@
-"""Convolutional networks from LeNet to ResNet, their cost by hand, and the CNN training recipe.
+"""Convolutional networks from LeNet to ResNet: architectures only.
 
-Used by ``chapters/cnn/cnn-architectures.ipynb`` (lesson 5) and ``chapters/cnn/training-cnns.ipynb``
-(lesson 7); the equation labels below are those lessons'.
+Used by ``chapters/cnn/cnn-architectures.ipynb`` (lesson 2.5) and ``chapters/cnn/training-cnns.ipynb``
+(lesson 2.7). Their cost by hand (parameters and multiply-accumulates, eq-arch-params and
+eq-arch-macs) is measuring code and lives in :mod:`dlbook.perf`; He initialisation is
+:func:`dlbook.scratch.init.kaiming_init`; the on-device crop and flip is
+:class:`dlbook.data.augment.RandomCropFlip`; label smoothing and the one-cycle schedule are the
+optimization chapter's (:mod:`dlbook.scratch.regularization`, :mod:`dlbook.scratch.schedules`).
 
-Cost formulas for a ``Conv2d(c_in, c_out, k, groups=g)`` producing an ``h_out x w_out`` map:
-
-* parameters  ``c_out * (c_in / g * k_h * k_w + 1)``  (eq-arch-params; drop the ``+1`` without bias)
-* MACs        ``c_out * h_out * w_out * c_in / g * k_h * k_w``  (eq-arch-macs) per image
-
-(output sizes and receptive fields are lesson 1's, in :mod:`dlbook.scratch.conv`).
-
-A MAC is one multiply-accumulate; FLOPs are about twice the MACs. :func:`count_macs` sums the
-hand formulas over every ``Conv2d`` and ``Linear`` a forward pass visits (forward hooks), so a
-model's cost is computed from the same formulas the lesson derives, not from a black box.
-
-Models (all take ``num_classes`` and ``in_channels``; the small ones are sized for 28x28 MNIST and
-32x32 CIFAR so a CPU trains them in seconds):
+Models (all take ``num_classes`` and ``in_channels``; the small ones are sized for 28x28 MNIST or
+Fashion-MNIST and 32x32 CIFAR so a CPU trains them in seconds):
 
 * :class:`LeNet5` - LeCun et al. 1998 adapted to 28x28 (padding 2 on C1), ReLU or tanh
 * :class:`AlexNetSmall` - AlexNet's ideas at small scale: large strided first kernel, ReLU,
@@ -29,131 +22,24 @@ Models (all take ``num_classes`` and ``in_channels``; the small ones are sized f
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..gradients import GradientReport, compare
+from ..scratch.init import kaiming_init
 
 Tensor = torch.Tensor
 IntPair = int | tuple[int, int]
 
 
-def _pair(k: IntPair) -> tuple[int, int]:
-    return (k, k) if isinstance(k, int) else (int(k[0]), int(k[1]))
-
-
-# --- cost by hand ------------------------------------------------------------------------------
-
-
-def conv2d_params(c_in: int, c_out: int, k: IntPair, groups: int = 1, bias: bool = True) -> int:
-    """Learned parameters of ``Conv2d(c_in, c_out, k, groups=groups)``: c_out (c_in/g k_h k_w + 1) (eq-arch-params)."""
-    if c_in % groups or c_out % groups:
-        raise ValueError(f"groups={groups} must divide c_in={c_in} and c_out={c_out}")
-    kh, kw = _pair(k)
-    return c_out * (c_in // groups) * kh * kw + (c_out if bias else 0)
-
-
-def conv2d_macs(
-    c_in: int, c_out: int, k: IntPair, h_out: int, w_out: int, groups: int = 1, bias: bool = False
-) -> int:
-    """Multiply-accumulates for one image: c_out h_out w_out (c_in/g) k_h k_w (eq-arch-macs).
-
-    Every output value is a dot product of length ``c_in/g * k_h * k_w``. ``bias=True`` adds one
-    more per output value (the bias add), which is how ``torchinfo`` counts "mult-adds".
-    """
-    if c_in % groups or c_out % groups:
-        raise ValueError(f"groups={groups} must divide c_in={c_in} and c_out={c_out}")
-    kh, kw = _pair(k)
-    return c_out * h_out * w_out * ((c_in // groups) * kh * kw + int(bias))
-
-
-def linear_params(d_in: int, d_out: int, bias: bool = True) -> int:
-    """(d_in + 1) d_out: a fully connected layer is a 1x1 convolution on a 1x1 map (eq-arch-params)."""
-    return d_out * d_in + (d_out if bias else 0)
-
-
-def linear_macs(d_in: int, d_out: int, bias: bool = False) -> int:
-    """d_in d_out multiply-accumulates per input vector (plus d_out bias adds with ``bias=True``)."""
-    return d_out * (d_in + int(bias))
-
-
-def layer_macs(model: nn.Module, input_size: Sequence[int], bias: bool = False) -> dict[str, int]:
-    """MACs of every ``Conv2d``/``Linear`` (by module name) in one forward pass of ``zeros(input_size)``.
-
-    ``input_size`` includes the batch dimension, as in ``torchinfo.summary`` (use 1 for a per-image
-    cost). The hooks apply :func:`conv2d_macs` and :func:`linear_macs` to the shapes the layers
-    actually see, so strides, padding and pooling are accounted for without tracing by hand. The
-    model runs in eval mode under ``no_grad`` on its own device (``meta`` works: no arithmetic at all).
-    """
-    macs: dict[str, int] = {}
-
-    def hook(name: str):
-        def count(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            if isinstance(module, nn.Conv2d):
-                n, _, h, w = output.shape
-                use_bias = bias and module.bias is not None
-                cost = n * conv2d_macs(module.in_channels, module.out_channels, module.kernel_size, h, w,
-                                       module.groups, use_bias)
-            else:  # nn.Linear: one dot product per output vector
-                positions = output.numel() // module.out_features
-                cost = positions * linear_macs(module.in_features, module.out_features, bias and module.bias is not None)
-            macs[name] = macs.get(name, 0) + cost
-
-        return count
-
-    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
-    first = next(model.parameters(), None)
-    device, dtype = (first.device, first.dtype) if first is not None else (torch.device("cpu"), torch.float32)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(tuple(input_size), device=device, dtype=dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return macs
-
-
-def count_macs(model: nn.Module, input_size: Sequence[int], bias: bool = False) -> int:
-    """Total multiply-accumulates of ``Conv2d`` and ``Linear`` layers for a batch of ``input_size``.
-
-    The sum of :func:`layer_macs`, i.e. of the hand formulas eq-arch-macs. Pooling, activations and
-    normalisation are not counted (they are a few operations per value, not per weight).
-    """
-    return sum(layer_macs(model, input_size, bias).values())
-
-
 # --- models ------------------------------------------------------------------------------------
 
 
-def kaiming_init(model: nn.Module, zero_last: bool = True) -> nn.Module:
-    """He initialisation for ReLU networks (std sqrt(2 / fan_in), ANN lesson 4); zero biases.
-
-    PyTorch's default for ``Conv2d``/``Linear`` has a third of that variance, which makes deep
-    ReLU stacks without BatchNorm (AlexNet, VGG) start with vanishing signals. Max-pooling keeps
-    the largest values, so activations still grow a little with depth; ``zero_last`` zeroes the
-    output layer's weights so training starts from uniform predictions (loss ln K) anyway.
-    """
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    for m in layers:
-        nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    if zero_last and layers:
-        nn.init.zeros_(layers[-1].weight)
-    return model
-
-
 class LeNet5(nn.Module):
-    """LeNet-5 (LeCun et al. 1998) for 28x28 digits: conv-pool-conv-pool-conv-fc-fc.
+    """LeNet-5 (LeCun et al. 1998) for 28x28 images (digits then, garments in the course): conv-pool-conv-pool-conv-fc-fc.
 
     C1 ``Conv(1->6, 5x5, padding 2)`` keeps 28x28 (the paper padded the digits to 32x32 instead),
     S2 pools to 14x14, C3 ``Conv(6->16, 5x5)`` gives 10x10, S4 pools to 5x5, C5 ``Conv(16->120, 5x5)``
@@ -417,91 +303,3 @@ def check_residual_jacobian(block: BasicBlock, x: Tensor) -> GradientReport:
     n = x.numel()
     eye = torch.eye(n, dtype=torch.float64).reshape(jac_res.shape)
     return compare({"d(F(x) + x)/dx": jac_sum}, {"d(F(x) + x)/dx": jac_res + eye})
-
-
-# --- the training recipe of lesson 7 -----------------------------------------------------------
-
-
-class RandomCropFlip(nn.Module):
-    """Random crop after zero padding + random horizontal flip, per image, on the device, train mode only.
-
-    Put it first in an ``nn.Sequential`` with the network: ``fit`` calls ``model.train()`` and
-    ``evaluate`` calls ``model.eval()``, so like dropout it augments training batches and is the
-    identity at evaluation. Each image gets its own offset in ``[0, 2 * padding]`` in both axes and
-    its own coin for the flip: ``torchvision.transforms.v2`` applied to a batch tensor would draw
-    one crop for the whole batch. ``fill=0`` pads with the channel mean when inputs are standardised.
-    """
-
-    def __init__(self, padding: int = 4, flip: bool = True, fill: float = 0.0) -> None:
-        super().__init__()
-        self.padding, self.flip, self.fill = padding, flip, fill
-
-    def extra_repr(self) -> str:
-        return f"padding={self.padding}, flip={self.flip}, fill={self.fill}"
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or (self.padding == 0 and not self.flip):
-            return x
-        n, c, h, w = x.shape
-        channels_last = c > 1 and x.is_contiguous(memory_format=torch.channels_last)
-        if self.padding:
-            p = self.padding
-            padded = F.pad(x, (p, p, p, p), value=self.fill)
-            dy = torch.randint(0, 2 * p + 1, (n, 1), device=x.device)
-            dx = torch.randint(0, 2 * p + 1, (n, 1), device=x.device)
-            rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
-            cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # (n, 1, 1, w)
-            batch = torch.arange(n, device=x.device)[:, None, None, None]
-            chan = torch.arange(c, device=x.device)[None, :, None, None]
-            x = padded[batch, chan, rows, cols]
-        if self.flip:
-            coin = torch.rand(n, device=x.device) < 0.5
-            x = torch.where(coin[:, None, None, None], x.flip(3), x)
-        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def smoothed_cross_entropy(logits: Tensor, target: Tensor, eps: float) -> Tensor:
-    """Mean cross-entropy against label-smoothed targets q = (1 - eps) onehot(y) + eps / K (eq-train-cnn-smoothing).
-
-    Written with the log-sum-exp trick, no autograd involved; equals
-    ``F.cross_entropy(logits, target, label_smoothing=eps)``.
-    """
-    n, k = logits.shape
-    shifted = logits - logits.max(dim=1, keepdim=True).values
-    log_probs = shifted - shifted.exp().sum(dim=1, keepdim=True).log()
-    q = torch.full_like(logits, eps / k)
-    q[torch.arange(n), target] += 1.0 - eps
-    return -(q * log_probs).sum() / n
-
-
-def smoothed_cross_entropy_grad(logits: Tensor, target: Tensor, eps: float) -> Tensor:
-    """dL/dz = (softmax(z) - q) / N for the mean smoothed cross-entropy (eq-train-cnn-smoothing-grad)."""
-    n, k = logits.shape
-    shifted = logits - logits.max(dim=1, keepdim=True).values
-    probs = shifted.exp() / shifted.exp().sum(dim=1, keepdim=True)
-    q = torch.full_like(logits, eps / k)
-    q[torch.arange(n), target] += 1.0 - eps
-    return (probs - q) / n
-
-
-def one_cycle_lr(
-    step: int | np.ndarray, total_steps: int, max_lr: float, pct_start: float = 0.3, div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
-) -> float | np.ndarray:
-    """The one-cycle learning rate at ``step`` (eq-train-cnn-onecycle), as ``torch.optim.lr_scheduler.OneCycleLR``.
-
-    Cosine warm-up from ``max_lr / div_factor`` to ``max_lr`` until step ``pct_start * T - 1``,
-    then cosine annealing down to ``max_lr / (div_factor * final_div_factor)`` at step ``T - 1``.
-    """
-    start, low = max_lr / div_factor, max_lr / (div_factor * final_div_factor)
-    peak = float(pct_start * total_steps) - 1
-    last = total_steps - 1
-    s = np.asarray(step, dtype=np.float64)
-
-    def cos_anneal(a: float, b: float, frac: np.ndarray) -> np.ndarray:
-        return b + (a - b) / 2 * (np.cos(math.pi * frac) + 1)
-
-    up = cos_anneal(start, max_lr, s / peak)
-    down = cos_anneal(max_lr, low, (s - peak) / (last - peak))
-    lr = np.where(s <= peak, up, down)
-    return float(lr) if lr.ndim == 0 else lr

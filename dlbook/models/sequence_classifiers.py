@@ -23,8 +23,6 @@ the hand formulas :func:`param_formula` and :func:`forward_macs` (eq-cmp-flops-*
 from __future__ import annotations
 
 import math
-import statistics
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -34,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from ..perf import synchronize
+from ..perf import median_seconds
 from .text_classifiers import length_mask
 
 MODEL_NAMES: tuple[str, ...] = ("MLP", "CNN", "LSTM", "Transformer")
@@ -338,20 +336,12 @@ def measure_latency(model: nn.Module, ids: Tensor, device: torch.device | str, *
                     repeats: int = 5) -> float:
     """Median wall-clock seconds of one forward pass on the batch ``ids``.
 
-    ``warmup`` untimed calls first (allocations, kernel selection, lazy initialisation); the CUDA
-    queue is drained before and after every timed call, because a GPU call returns before its
-    kernels finish. The median of ``repeats`` ignores the odd call slowed by another process.
+    The model is put in eval mode on ``device``; then the course's one timer,
+    :func:`dlbook.perf.median_seconds`: ``warmup`` untimed calls first (allocations, kernel
+    selection, lazy initialisation), the CUDA queue drained before and after every timed call
+    (a GPU call returns before its kernels finish), the median of ``repeats``.
     """
     device = torch.device(device)
     model.eval().to(device)
     ids = ids.to(device)
-    for _ in range(warmup):
-        model(ids)
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        model(ids)
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(lambda: model(ids), repeats=repeats, warmup=warmup, device=device)

@@ -88,7 +88,9 @@ def attention_weights(
     """``P = softmax(Q K^T * scale + M)`` over the keys (eq-sad-scores, eq-sad-softmax).
 
     ``q`` (..., L, d_k), ``k`` (..., S, d_k) -> (..., L, S); ``scale`` defaults to ``1 / sqrt(d_k)``.
-    Every query row needs at least one key it may see (an all ``-inf`` row has no softmax).
+    Every query row needs at least one key it may see: an all ``-inf`` row gives ``nan`` (no guard
+    here, so a violated precondition shows); the guarded version, whose fully masked rows are zero,
+    is exercise 3 of the fusion lab (see the derivation page, "A query with no allowed key").
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = q @ k.transpose(-2, -1) * scale  # (..., L, S)
@@ -130,8 +132,8 @@ def sdpa_backward(
 
     * eq-sad-grad-v: ``dV = P^T dO``
     * eq-sad-grad-p: ``dP = dO V^T``
-    * eq-sad-grad-s: ``dS = P * (dP - rowsum(P * dP))`` (the row-softmax Jacobian; 0 where masked)
-    * eq-sad-grad-q: ``dQ = scale * dS K``;  eq-sad-grad-k: ``dK = scale * dS^T Q``
+    * eq-sad-grad-s: ``dZ = P * (dP - rowsum(P * dP))`` (the row-softmax Jacobian; 0 where masked)
+    * eq-sad-grad-q: ``dQ = scale * dZ K``;  eq-sad-grad-k: ``dK = scale * dZ^T Q``
 
     No autograd: the forward quantities are recomputed and every line is one equation.
     """
@@ -139,9 +141,9 @@ def sdpa_backward(
     P = attention_weights(q, k, attn_mask, is_causal, scale)  # (..., L, S)
     d_v = P.transpose(-2, -1) @ d_out  # (..., S, d_v)
     d_p = d_out @ v.transpose(-2, -1)  # (..., L, S)
-    d_s = P * (d_p - (P * d_p).sum(dim=-1, keepdim=True))  # (..., L, S)
-    d_q = scale * d_s @ k  # (..., L, d_k)
-    d_k = scale * d_s.transpose(-2, -1) @ q  # (..., S, d_k)
+    d_z = P * (d_p - (P * d_p).sum(dim=-1, keepdim=True))  # (..., L, S)
+    d_q = scale * d_z @ k  # (..., L, d_k)
+    d_k = scale * d_z.transpose(-2, -1) @ q  # (..., S, d_k)
     return {"Q": d_q, "K": d_k, "V": d_v}
 
 

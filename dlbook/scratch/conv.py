@@ -20,8 +20,6 @@ The equations are in ``chapters/cnn/convolution-basics.ipynb`` and
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import product
@@ -162,27 +160,35 @@ def conv2d_im2col(
 
 @dataclass(frozen=True)
 class ConvSetting:
-    """One random convolution problem: shapes and hyper-parameters (square kernels)."""
+    """One random convolution problem: batch, channels, image size, kernel, stride, padding, dilation.
+
+    The one description of a convolution to check, shared by the forward lessons (``tensors``)
+    and the backward lesson (``scratch.conv_backward.random_conv_problem``). Kernel, stride,
+    padding and dilation are an int or a (height, width) pair.
+    """
 
     n: int = 2
     c_in: int = 3
     c_out: int = 4
     h: int = 7
     w: int = 6
-    k: int = 3
-    stride: int = 1
-    padding: int = 0
-    dilation: int = 1
+    k: IntPair = 3
+    stride: IntPair = 1
+    padding: IntPair = 0
+    dilation: IntPair = 1
 
     @property
     def name(self) -> str:
         return f"k{self.k} s{self.stride} p{self.padding} d{self.dilation} {self.h}x{self.w}"
 
+    def label(self) -> str:
+        return f"k={self.k} s={self.stride} p={self.padding} {self.h}x{self.w}"
+
     def tensors(self, seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
-        """Random x (N, C_in, H, W), weight (C_out, C_in, k, k) and bias (C_out,), seeded."""
+        """Random x (N, C_in, H, W), weight (C_out, C_in, k_h, k_w) and bias (C_out,), seeded."""
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn(self.n, self.c_in, self.h, self.w, generator=gen, dtype=dtype)
-        weight = torch.randn(self.c_out, self.c_in, self.k, self.k, generator=gen, dtype=dtype)
+        weight = torch.randn(self.c_out, self.c_in, *_pair(self.k), generator=gen, dtype=dtype)
         bias = torch.randn(self.c_out, generator=gen, dtype=dtype)
         return x, weight, bias
 
@@ -431,24 +437,13 @@ def check_receptive_fields(
 # --------------------------------------------------------------------------------------------
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` calls.
 
-    CUDA work is asynchronous, so the clock reads only after ``torch.cuda.synchronize()``; the
-    median ignores the odd run slowed down by another process on a shared machine.
+    The course's one timer, :func:`dlbook.perf.median_seconds`: CUDA work is asynchronous, so the
+    clock reads only after the device has finished; the median ignores the odd run slowed down by
+    another process on a shared machine.
     """
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync()
-        start = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    from ..perf import median_seconds  # imported here: perf imports the models, which import scratch
+
+    return median_seconds(fn, repeats=repeats, warmup=warmup)

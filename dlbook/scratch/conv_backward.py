@@ -21,7 +21,6 @@ Given ``dy = dL/dy`` the functions return ``(dx, dw, db)`` without autograd:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -29,15 +28,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..gradients import GradientReport, compare, gradcheck64
-from .conv import conv_output_size  # eq. (eq-conv-output-size); re-exported for the lesson
+from .conv import (  # one description of a convolution problem
+    ConvSetting,
+    IntPair,
+    _pair,
+    conv_output_size,  # eq. (eq-conv-output-size); re-exported for the lesson
+)
 
 Tensor = torch.Tensor
-IntPair = int | tuple[int, int]
 Method = Literal["flipped", "im2col"]
-
-
-def _pair(v: IntPair) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def flip_kernel(w: Tensor) -> Tensor:
@@ -139,25 +138,8 @@ def conv2d_backward(
     raise ValueError(f"method must be 'flipped' or 'im2col', got {method!r}")
 
 
-@dataclass(frozen=True)
-class ConvSetting:
-    """One shape configuration to check: batch, channels, image size, kernel, stride, padding."""
-
-    n: int = 2
-    c_in: int = 3
-    c_out: int = 4
-    h: int = 7
-    w: int = 7
-    k: IntPair = 3
-    stride: IntPair = 1
-    padding: IntPair = 0
-
-    def label(self) -> str:
-        return f"k={self.k} s={self.stride} p={self.padding} {self.h}x{self.w}"
-
-
 DEFAULT_SETTINGS = (
-    ConvSetting(),  # stride 1, no padding: the first part of the derivation
+    ConvSetting(w=7),  # stride 1, no padding: the first part of the derivation
     ConvSetting(h=8, w=6, padding=1),  # "same" padding, non-square image
     ConvSetting(c_in=2, c_out=3, h=9, w=9, stride=2),  # stride 2, every row reached
     ConvSetting(c_in=2, c_out=3, h=10, w=9, stride=2, padding=1),  # r = 1 unreached row

@@ -395,3 +395,75 @@ def compare_with_torch(
     mine, _ = run(scratch)
     theirs, _ = run(reference)
     return compare(mine, theirs, tolerance=tolerance)
+
+
+# --- the source article's pseudo-cells (seed 004), corrected ----------------------------------
+
+
+def gate_blocks(cell: nn.LSTMCell | nn.GRUCell) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    """Split a PyTorch cell's stacked tensors into per-gate blocks ``W[k]`` (H, I), ``U[k]`` (H, H),
+    ``b_ih[k]``, ``b_hh[k]`` (H,), with k in ``i, f, g, o`` (LSTM) or ``r, z, n`` (GRU)."""
+    gates = LSTM_GATES if isinstance(cell, nn.LSTMCell) else GRU_GATES
+    H = cell.hidden_size
+    W, U, b_ih, b_hh = ({k: t.detach()[j * H:(j + 1) * H] for j, k in enumerate(gates)}
+                        for t in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh))
+    return W, U, b_ih, b_hh
+
+
+def seed004_lstm_cell(x: Tensor, h_prev: Tensor, c_prev: Tensor, W: dict[str, Tensor], U: dict[str, Tensor],
+                      b: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """The article's ``lstm_cell``, corrected: column vectors x (I,), h, c (H,); ``W``, ``U``, ``b``
+    are dicts of per-gate blocks (the printed code read undefined globals ``W_f``, ``U_f``, ...).
+    One bias per gate: PyTorch's ``b_ih + b_hh``. Its candidate ``W_c`` is PyTorch's ``g``."""
+    f = torch.sigmoid(W["f"] @ x + U["f"] @ h_prev + b["f"])  # forget gate (遗忘门)
+    i = torch.sigmoid(W["i"] @ x + U["i"] @ h_prev + b["i"])  # input gate (输入门)
+    g = torch.tanh(W["g"] @ x + U["g"] @ h_prev + b["g"])  # candidate (候选状态)
+    c = f * c_prev + i * g  # eq-gates-lstm-c
+    o = torch.sigmoid(W["o"] @ x + U["o"] @ h_prev + b["o"])  # output gate (输出门)
+    return o * torch.tanh(c), c  # eq-gates-lstm-h
+
+
+def seed004_gru_cell(x: Tensor, h_prev: Tensor, W: dict[str, Tensor], U: dict[str, Tensor], b: dict[str, Tensor],
+                     b_hn: Tensor, reset_after: bool = True) -> Tensor:
+    """The article's ``gru_cell``, corrected. Its first gate is the **reset** gate r (重置门; the article
+    labels it 遗忘门, forget gate, which a GRU does not have). ``b["r"]``, ``b["z"]`` are summed biases,
+    ``b["n"]`` the candidate's input bias and ``b_hn`` its recurrent bias. ``reset_after=True`` is
+    PyTorch's form (eq-gates-gru-n: r multiplies ``U_n h + b_hn``); ``False`` is Cho et al.'s form
+    that the article prints (eq-gates-gru-n-cho: r multiplies h before ``U_n``), another function."""
+    r = torch.sigmoid(W["r"] @ x + U["r"] @ h_prev + b["r"])  # reset gate (重置门)
+    z = torch.sigmoid(W["z"] @ x + U["z"] @ h_prev + b["z"])  # update gate (更新门)
+    if reset_after:
+        n = torch.tanh(W["n"] @ x + b["n"] + r * (U["n"] @ h_prev + b_hn))
+    else:
+        n = torch.tanh(W["n"] @ x + b["n"] + U["n"] @ (r * h_prev) + b_hn)
+    return z * h_prev + (1 - z) * n  # eq-gates-gru-h (the article's update rule is PyTorch's)
+
+
+def check_seed004_cells(input_size: int = 3, hidden_size: int = 5, examples: int = 4, seed: int = 0) -> dict[str, float]:
+    """Relative errors, in float64, of the corrected seed-004 cells against ``nn.LSTMCell`` /
+    ``nn.GRUCell`` with the same weights, on ``examples`` random inputs and states. Keys: ``lstm h``,
+    ``lstm c``, ``gru h`` (PyTorch's form) and ``gru h, Cho's form`` (must *not* agree)."""
+    from dlbook.gradients import rel_error
+
+    torch.manual_seed(seed)
+    lstm, gru = nn.LSTMCell(input_size, hidden_size).double(), nn.GRUCell(input_size, hidden_size).double()
+    gen = torch.Generator().manual_seed(seed + 1)
+    x, h, c = (torch.randn(examples, n, generator=gen, dtype=torch.float64)
+               for n in (input_size, hidden_size, hidden_size))
+    W, U, b_ih, b_hh = gate_blocks(lstm)
+    b = {k: b_ih[k] + b_hh[k] for k in LSTM_GATES}
+    mine = [seed004_lstm_cell(x[j], h[j], c[j], W, U, b) for j in range(examples)]
+    with torch.no_grad():
+        h_ref, c_ref = lstm(x, (h, c))
+        g_ref = gru(x, h)
+    Wg, Ug, bg_ih, bg_hh = gate_blocks(gru)
+    bg = {"r": bg_ih["r"] + bg_hh["r"], "z": bg_ih["z"] + bg_hh["z"], "n": bg_ih["n"]}
+    gru_torch_form = torch.stack([seed004_gru_cell(x[j], h[j], Wg, Ug, bg, bg_hh["n"]) for j in range(examples)])
+    gru_cho_form = torch.stack([seed004_gru_cell(x[j], h[j], Wg, Ug, bg, bg_hh["n"], reset_after=False)
+                                for j in range(examples)])
+    return {
+        "lstm h": rel_error(torch.stack([m[0] for m in mine]), h_ref),
+        "lstm c": rel_error(torch.stack([m[1] for m in mine]), c_ref),
+        "gru h": rel_error(gru_torch_form, g_ref),
+        "gru h, Cho's form": rel_error(gru_cho_form, g_ref),
+    }

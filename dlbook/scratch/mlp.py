@@ -59,9 +59,12 @@ def mlp_forward(params: Params, X: Tensor) -> tuple[Tensor, ForwardCache]:
 
 
 def log_softmax(Z: Tensor) -> Tensor:
-    """log softmax with the log-sum-exp shift, stable for any logits."""
-    m = Z.amax(dim=1, keepdim=True)
-    return Z - m - torch.log(torch.exp(Z - m).sum(dim=1, keepdim=True))
+    """log softmax over the last axis with the log-sum-exp shift, stable for any logits.
+
+    The course's one implementation: the MLP's (N, C) logits and the RNN's (T, B, V) both use it.
+    """
+    m = Z.amax(dim=-1, keepdim=True)
+    return Z - m - torch.log(torch.exp(Z - m).sum(dim=-1, keepdim=True))
 
 
 def softmax_cross_entropy(Z: Tensor, y: Tensor) -> Tensor:

@@ -342,5 +342,6 @@ def conv_cost(c_in: int, c_out: int, k: int, out_hw: tuple[int, int], bias: bool
 
     params = c_out (c_in k^2 + 1) with a bias; MACs = H_out W_out c_out c_in k^2.
     """
-    params = c_out * c_in * k * k + (c_out if bias else 0)
-    return params, out_hw[0] * out_hw[1] * c_out * c_in * k * k
+    from ..perf import conv2d_macs, conv2d_params  # the course's one cost formula (eq-arch-params/-macs)
+
+    return conv2d_params(c_in, c_out, k, bias=bias), conv2d_macs(c_in, c_out, k, *out_hw)

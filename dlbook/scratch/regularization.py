@@ -7,8 +7,8 @@ Used by ``chapters/optimization/regularization.ipynb`` and ``tests/test_opt_regu
   eq-reg-ls-target, eq-reg-ls-loss, eq-reg-ls-grad; :func:`smoothing_logit_gap` eq-reg-ls-gap
 * :func:`batchnorm1d_reference`                                                  eq-reg-bn-train, eq-reg-bn-running, eq-reg-bn-eval
 * :class:`EarlyStopping`                                                          patience-based, restores the best weights
-* :func:`train_epochs`                                                            ``dlbook.train.fit`` one epoch at a time,
-  with a clean evaluation of train and validation sets after every epoch
+* :func:`train_epochs`                                                            one ``dlbook.train.fit`` call,
+  with a clean evaluation of train and validation sets after every epoch (an epoch-end callback)
 """
 
 from __future__ import annotations
@@ -218,22 +218,23 @@ def train_epochs(
     device: torch.device | None = None,
     progress: bool | str = True,
 ) -> list[dict[str, float]]:
-    """Train with ``dlbook.train.fit`` one epoch at a time and measure the validation set after each.
+    """Train with one ``dlbook.train.fit`` call and measure the validation set after each epoch.
 
     Returns one record per epoch: ``running_loss`` (the training loss ``fit`` averaged during the
     epoch, in training mode, with ``loss_fn``), ``val_loss``/``val_acc``/``val_confidence``/``val_ece``
     (eval mode, plain cross-entropy) and ``weight_norm``; the last record also has the same
     measurements on the training set (``train_loss``, ``train_acc``, ...), taken once to save time.
-    The shuffling seed is the epoch number, so two runs see the same mini-batches in the same order.
+    The measuring is an epoch-end callback of ``fit``. The shuffling seed is fixed (``fit``'s
+    ``seed=0``), so two runs see the same mini-batches in the same order.
     An ``early_stopping`` object watches the validation loss but does not end the run.
     ``progress`` shows a bar over the epochs (a string is used as its label).
     """
-    curve = []
-    label = progress if isinstance(progress, str) else "epochs"
-    for epoch in tqdm(range(1, epochs + 1), desc=label, disable=not progress, leave=False):
-        history = fit(model, train, optimizer=optimizer, epochs=1, batch_size=batch_size, loss_fn=loss_fn,
-                      seed=epoch, progress=False, amp=False, device=device)
-        record = {"epoch": epoch, "running_loss": history.last["train_loss"]}
+    curve: list[dict[str, float]] = []
+    bar = tqdm(total=epochs, desc=progress if isinstance(progress, str) else "epochs", disable=not progress, leave=False)
+
+    def measure_epoch(fit_record: dict[str, float], model: nn.Module) -> bool:
+        epoch = int(fit_record["epoch"])
+        record = {"epoch": epoch, "running_loss": fit_record["train_loss"]}
         if epoch == epochs:
             record.update({f"train_{k}": v for k, v in measure(model, train).items()})
         record.update({f"val_{k}": v for k, v in measure(model, val).items()})
@@ -241,4 +242,10 @@ def train_epochs(
         curve.append(record)
         if early_stopping is not None:
             early_stopping.step(record["val_loss"], model, epoch)
+        bar.update()
+        return False  # the stopper only watches: the run goes on, to show what stopping would save
+
+    fit(model, train, optimizer=optimizer, epochs=epochs, batch_size=batch_size, loss_fn=loss_fn, seed=0,
+        progress=False, amp=False, device=device, callbacks=[measure_epoch])
+    bar.close()
     return curve

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..gradients import GradientReport, compare, gradcheck64
+from .mlp import log_softmax  # the stable log-sum-exp form, one implementation (ann chapter)
 
 Tensor = torch.Tensor
 PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_ho", "b_o")
@@ -178,12 +179,6 @@ class BPTTCache:
     probs: Tensor  # (T, B, V): softmax(o_t)
     y: Tensor  # (T, B) int64 targets
     scale: float  # 1 for a summed loss, 1 / (T B) for the mean
-
-
-def log_softmax(o: Tensor) -> Tensor:
-    """log softmax over the last axis with the max shift, stable for any logits."""
-    m = o.amax(dim=-1, keepdim=True)
-    return o - m - torch.log(torch.exp(o - m).sum(dim=-1, keepdim=True))
 
 
 def rnn_lm_forward(
