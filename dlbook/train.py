@@ -35,15 +35,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from torchmetrics.classification import MulticlassAccuracy
 from tqdm.auto import tqdm
 
 from .runtime import device as default_device
+
+if TYPE_CHECKING:  # torchmetrics is imported when a metric is made: it costs seconds at kernel start
+    from torchmetrics.classification import MulticlassAccuracy
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 Batches = Callable[[], Iterator[tuple[torch.Tensor, ...]]]
@@ -81,6 +83,8 @@ def accuracy(num_classes: int) -> dict[str, MulticlassAccuracy]:
     ``average="micro"`` is the fraction of examples classified correctly (torchmetrics' default,
     ``"macro"``, would average the per-class accuracies instead).
     """
+    from torchmetrics.classification import MulticlassAccuracy
+
     return {"acc": MulticlassAccuracy(num_classes=num_classes, average="micro")}
 
 
@@ -394,7 +398,9 @@ def fit(
       ``True`` stops training (all of them still see that epoch). A callback with an
       ``on_step(step_record, model)`` method also sees every optimizer step and may stop
       training there; with an ``on_train_end(model)`` method it is told when training ends.
-      The model is put back in training mode after ``on_step``, so it may evaluate.
+      The model is put back in training mode after ``on_step``, so it may evaluate. The step
+      record carries ``train_seconds`` so far, and the time spent in ``on_step`` is not counted
+      in ``train_seconds``: a callback that evaluates every few steps measures, it does not train.
     """
     if scheduler_step not in ("epoch", "batch"):
         raise ValueError(f"scheduler_step must be 'epoch' or 'batch', not {scheduler_step!r}")
@@ -420,6 +426,7 @@ def fit(
         model.train()
         _reset(metrics, device)
         start = time.perf_counter()
+        hook_seconds = 0.0  # time in on_step hooks this epoch, left out of train_seconds
         total, count = torch.zeros((), device=device), 0
         for batch in train_batches():
             with _autocast(device, dtype):
@@ -452,14 +459,19 @@ def fit(
                                "lr": optimizer.param_groups[0]["lr"]}
                 if grad_norm is not None:
                     step_record["grad_norm"] = float(grad_norm)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()  # the clock below must see the step finished
+                hook_start = time.perf_counter()
+                step_record["train_seconds"] = elapsed + hook_start - start - hook_seconds
                 stop = any([bool(hook(dict(step_record), model)) for hook in step_hooks])
                 model.train()
+                hook_seconds += time.perf_counter() - hook_start
             if stop or (max_steps is not None and steps_done >= max_steps):
                 stop = True
                 break
         if device.type == "cuda":
             torch.cuda.synchronize()  # honest timings: wait for queued kernels
-        elapsed += time.perf_counter() - start
+        elapsed += time.perf_counter() - start - hook_seconds
 
         record: dict[str, float] = {"epoch": epoch + 1, "train_loss": (total / max(count, 1)).item()}
         record.update({f"train_{k}": float(m.compute()) for k, m in metrics.items()})

@@ -111,6 +111,14 @@ def test_batch_completes_with_one_row_per_student(batch: dict) -> None:
 
 
 @pytest.mark.slow
+def test_committed_lab_matches_its_release(batch: dict) -> None:
+    """``grade`` released labs/ann afresh from solutions/ann and found it identical, to the byte."""
+    from lab_checks import Lab, check_release_in_sync
+
+    check_release_in_sync(Lab("ann", "mlp-lab.ipynb"), batch)
+
+
+@pytest.mark.slow
 def test_solution_gets_full_marks(batch: dict) -> None:
     row = batch["by_student"]["full"]
     assert row["status"] == "graded", row

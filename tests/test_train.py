@@ -475,3 +475,32 @@ def test_accuracy_helper_is_micro_averaged():
     preds = torch.tensor([0, 0, 0, 0, 1, 2])  # 5 of 6 right; per class: 4 of 4 and 1 of 2
     target = torch.tensor([0, 0, 0, 0, 1, 1])
     assert float(metric(preds, target)) == pytest.approx(5 / 6)  # macro averaging would give (1 + 0.5) / 2
+
+
+def test_time_in_step_hooks_is_not_training_time():
+    """fit leaves its on_step hooks (evaluations every few steps) out of train_seconds, and tells
+    each hook the training time so far."""
+    import time as _time
+
+    class SlowHook:
+        seen: list[float] = []
+
+        def on_step(self, record, model):
+            self.seen.append(record["train_seconds"])
+            _time.sleep(0.05)
+
+        def __call__(self, record, model):
+            return False
+
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long()
+    hook = SlowHook()
+    start = _time.perf_counter()
+    model = torch.nn.Linear(4, 2)
+    history = fit(model, (x, y), optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=1, batch_size=8,
+                  progress=False, callbacks=[hook], device=torch.device("cpu"))
+    wall = _time.perf_counter() - start
+    assert len(hook.seen) == 8 and hook.seen == sorted(hook.seen)
+    assert wall >= 8 * 0.05
+    assert history.last["train_seconds"] < wall - 7 * 0.05  # the 0.4 s of sleeping is not in it
+    assert hook.seen[-1] <= history.last["train_seconds"]

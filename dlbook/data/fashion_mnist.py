@@ -10,7 +10,6 @@ validation and test sets, so its numbers are comparable with ``full`` ones, only
 from __future__ import annotations
 
 import torch
-from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
 from ..runtime import Profile, by_profile
@@ -30,6 +29,8 @@ def stratified_split(labels: torch.Tensor, n_second: int, seed: int) -> tuple[to
     if not 0 < n_second < len(labels):
         raise ValueError(f"cannot take {n_second:,} of {len(labels):,} examples; need 0 < n < {len(labels):,}")
     index = torch.arange(len(labels)).numpy()
+    from sklearn.model_selection import train_test_split  # here: scikit-learn takes seconds to import
+
     first, second = train_test_split(index, test_size=n_second, stratify=labels.numpy(), random_state=seed)
     return torch.from_numpy(first).sort().values, torch.from_numpy(second).sort().values
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import TensorDataset
-from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from ..runtime import Profile
 from ..runtime import profile as current_profile
@@ -69,6 +68,9 @@ def _gunzip(gz: Path, folder: str = "mnist") -> Path:
 def read_idx_pair(images_key: str, labels_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Fetch (mirror/cache/network) and parse one images+labels pair: uint8 (N,28,28), int64 (N,)."""
     folder = images_key.split("/", 1)[0]
+    # torchvision's IDX readers; imported here because torchvision costs seconds at kernel start
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
     images = read_image_file(str(_gunzip(fetch(images_key), folder)))
     labels = read_label_file(str(_gunzip(fetch(labels_key), folder)))
     if len(images) != len(labels):

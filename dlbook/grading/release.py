@@ -131,7 +131,10 @@ def register_assignment(layout: CourseLayout, assignment: str, scratch: Path) ->
 
 def notebook_differences(expected_dir: Path, actual_dir: Path) -> list[str]:
     """Differences between two released folders, notebook by notebook: missing notebooks, cell
-    count, and for each cell its type, source and nbgrader metadata. Empty when in sync."""
+    count, and for each cell its type, source and nbgrader metadata; a notebook equal in all of
+    these but not byte for byte is reported too (the release is deterministic: the same sources
+    give the same bytes on any machine, so a difference means the lab was edited or released by
+    another version). Empty when in sync."""
     problems: list[str] = []
     expected = {p.name: p for p in Path(expected_dir).glob("*.ipynb")}
     actual = {p.name: p for p in Path(actual_dir).glob("*.ipynb")}
@@ -140,6 +143,7 @@ def notebook_differences(expected_dir: Path, actual_dir: Path) -> list[str]:
     for name in sorted(actual.keys() - expected.keys()):
         problems.append(f"{name}: not generated from the sources (stale file in {actual_dir})")
     for name in sorted(expected.keys() & actual.keys()):
+        found = len(problems)
         a = nbformat.read(expected[name], as_version=4).cells
         b = nbformat.read(actual[name], as_version=4).cells
         if len(a) != len(b):
@@ -152,4 +156,6 @@ def notebook_differences(expected_dir: Path, actual_dir: Path) -> list[str]:
                 problems.append(f"{label}: source differs")
             if ca.metadata.get("nbgrader") != cb.metadata.get("nbgrader"):
                 problems.append(f"{label}: nbgrader metadata differs")
+        if len(problems) == found and expected[name].read_bytes() != actual[name].read_bytes():
+            problems.append(f"{name}: same cells, different bytes (edited by hand, or released by another version)")
     return problems

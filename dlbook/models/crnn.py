@@ -25,7 +25,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.text import char_error_rate
 
 from ..data.digit_strings import BLANK, NUM_CLASSES, DigitStrings, labels_to_text
 from ..gradients import GradientReport, rel_error
@@ -300,6 +299,8 @@ def sequence_accuracy(predicted: list[str], truth: list[str]) -> float:
 def evaluate_strings(model: nn.Module, data: DigitStrings, device: torch.device | str = "cpu") -> dict:
     """Sequence accuracy and character error rate (total edit distance / total reference length,
     ``torchmetrics``) of greedy decoding on ``data``, with the predicted strings."""
+    from torchmetrics.functional.text import char_error_rate  # seconds to import: only when scoring
+
     predicted = predict_texts(model, data.images, device)
     truth = data.texts
     return {"seq_acc": sequence_accuracy(predicted, truth),

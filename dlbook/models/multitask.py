@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
-import torchmetrics
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tqdm.auto import tqdm
@@ -376,10 +375,12 @@ def evaluate_tasks(
 ) -> dict[str, float]:
     """Accuracy (sentence tasks) or perplexity (token tasks) of each of the model's tasks on ``data``."""
     device = device or next(model.parameters()).device
+    from torchmetrics.classification import MulticlassAccuracy  # seconds to import: only when scoring
+
     was_training = model.training
     model.eval()
     accuracy = {
-        name: torchmetrics.classification.MulticlassAccuracy(spec.num_classes, average="micro").to(device)
+        name: MulticlassAccuracy(spec.num_classes, average="micro").to(device)
         for name, spec in model.tasks.items() if spec.pool != "token"
     }
     nll = {name: [0.0, 0] for name, spec in model.tasks.items() if spec.pool == "token"}  # nats, words

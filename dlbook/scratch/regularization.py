@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassCalibrationError
 from tqdm.auto import tqdm
 
 from ..train import fit
@@ -196,6 +195,8 @@ def measure(model: nn.Module, data: Data, batch_size: int = 2048) -> dict[str, f
     model.train(was_training)
     y = data[1].cpu()
     probs = torch.softmax(logits, dim=1)
+    from torchmetrics.classification import MulticlassCalibrationError  # seconds to import: only here
+
     ece = MulticlassCalibrationError(num_classes=logits.shape[1], n_bins=15, norm="l1")
     return {
         "loss": float(F.cross_entropy(logits, y)),
