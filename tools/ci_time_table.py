@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ET.ParseError) as error:
         print(f"ci_time_table: {error}", file=sys.stderr)
         return 1
-    walls = {"install (pip, when requirements changed)": args.install, "step 1: tests, notebooks, grading": args.step1,
+    walls = {"install (uv, or pip without it; when requirements changed)": args.install, "step 1: tests, notebooks, grading": args.step1,
              "step 2: site build and browser check": args.step2, "total": args.total}
     text = table(totals, walls)
     (args.folder / "table.md").write_text(text, encoding="utf-8")
