@@ -14,8 +14,8 @@ if [ ! -x "$VENV/bin/python" ]; then
       if command -v "$candidate" >/dev/null 2>&1; then PY="$candidate"; break; fi
     done
   fi
-  if [ -z "$PY" ] || ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
-    echo "error: need Python >= 3.10 (3.11 recommended); set PYTHON=/path/to/python3.11" >&2
+  if [ -z "$PY" ] || ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "error: need Python >= 3.11 (pyproject.toml's requires-python); set PYTHON=/path/to/python3.11" >&2
     exit 2
   fi
   echo "creating $VENV with $("$PY" --version)"
