@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import json
 import os
-import platform
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -95,10 +94,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda, but torch sees no CUDA device here; use --device cpu")
-    if args.device == "cpu":
-        name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    else:
-        name = torch.cuda.get_device_name(0)
+    from dlbook.runtime import device_name
+
+    name = device_name(args.device)
     kind = device_kind(name)
     out = args.results_dir / f"full-{kind}.json"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import sys
 import time
@@ -71,6 +70,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import dlbook  # after sys.path is set: the profile and device the kernels will see
+    from dlbook.runtime import device_name
 
     notebooks = sorted(p for arg in args.paths for p in ([Path(arg)] if arg.endswith(".ipynb") else (ROOT / arg).rglob("*.ipynb"))
                        if ".ipynb_checkpoints" not in p.parts)
@@ -85,7 +85,7 @@ def main() -> int:
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "profile": dlbook.profile(),
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{dev.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "device": device_name(dev),
         "torch": torch.__version__,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         # Timings on a shared machine mean little without the load they were taken under.

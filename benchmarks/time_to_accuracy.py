@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 from datetime import datetime, timezone
@@ -36,18 +35,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dlbook import speedrun  # noqa: E402
+from dlbook.runtime import device_name  # noqa: E402
 
 
 def fashion(split: str, n_train: int | None = None, n_eval: int | None = None) -> tuple[TensorDataset, TensorDataset]:
     """(train, held-out) for ``split`` (``dlbook.speedrun.load_split``)."""
     train, held_out, _ = speedrun.load_split(split, n_train, n_eval)
     return train, held_out
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def summary(runs: list[dict[str, Any]], target: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ and device, so a reader always knows which numbers they are looking at.
 from __future__ import annotations
 
 import os
+import platform
 import random
 from collections.abc import Mapping
 from typing import Literal, TypeVar
@@ -33,6 +34,14 @@ def device() -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def device_name(dev: torch.device | str) -> str:
+    """How result files name the machine: the GPU's model, or ``cpu (x86_64, 2 cores)``."""
+    dev = torch.device(dev)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"{dev.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def profile() -> Profile:

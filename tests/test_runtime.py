@@ -90,3 +90,13 @@ def test_seeding_keeps_float32_exact_on_gpus():
     finally:
         torch.backends.cudnn.allow_tf32 = saved[0]
         torch.set_float32_matmul_precision(saved[1])
+
+
+def test_device_name_says_what_the_cpu_is():
+    import os
+
+    from dlbook.runtime import device_name
+
+    name = device_name("cpu")
+    assert name.startswith("cpu (") and name.endswith(f", {os.cpu_count()} cores)")
+    assert device_name(torch.device("cpu")) == name
