@@ -53,3 +53,23 @@ def pytest_runtest_teardown(item, nextitem) -> None:
     target = target_root / "chapters" / rel
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, target)
+
+
+def _file_rank(item) -> int:
+    """0: a file with a test marked slow (a grading batch, a subprocess: 10-100 s each); 1: a lesson
+    notebook (10-35 s); 2: everything else (unit tests, a few seconds per file)."""
+    if item.get_closest_marker("slow") is not None:
+        return 0
+    return 1 if item.path.suffix == ".ipynb" else 2
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Longest work first. Under ``--dist loadfile`` (with ``--no-loadscope-reorder``) each worker
+    takes the next file in this order when it is free; a long file taken last keeps one worker busy
+    while the other idles, so the long files go first and the short ones fill the gaps at the end
+    (the longest-processing-time-first rule). Files stay contiguous and keep their own order."""
+    rank: dict[str, int] = {}
+    for item in items:
+        path = str(item.path)
+        rank[path] = min(rank.get(path, 2), _file_rank(item))
+    items.sort(key=lambda item: rank[str(item.path)])  # stable: collection order within a rank

@@ -36,6 +36,7 @@ class TestCnnLab(LabGradingChecks):
     """Exercise 4 overwrites instead of accumulating: right for non-overlapping windows only."""
 
     lab = LAB
+    exercises = 8
     partial = {"ex4-solution": EX4_OVERWRITES}
     partial_exercise = "ex4"
     limit_seconds = 120

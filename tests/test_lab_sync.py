@@ -82,7 +82,8 @@ def test_every_exercise_has_visible_and_hidden_graded_tests(path: Path) -> None:
                 f"test cell {meta['grade_id']} not locked/pointed"
             )
             graded.setdefault(meta["grade_id"].split("-")[0], []).append(cell.source)
-    assert sorted(graded) == [f"ex{i}" for i in range(1, 6)], sorted(graded)
+    numbers = sorted(int(exercise.removeprefix("ex")) for exercise in graded)
+    assert len(numbers) >= 5 and numbers == list(range(1, len(numbers) + 1)), f"exercises {numbers}: ex1, ex2, ..."
     for exercise, sources in graded.items():
         assert len(sources) >= 2, f"{exercise}: needs a visible and a hidden test cell"
         assert any("### BEGIN HIDDEN TESTS" not in s for s in sources), f"{exercise}: no visible test cell"
