@@ -11,9 +11,12 @@ import hashlib
 import importlib.util
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from dlbook.data.download import ChecksumError
@@ -215,6 +218,47 @@ def test_pages_workflow_builds_with_the_readmes_command_and_deploys():
     (upload,) = uses(wf, "actions/upload-pages-artifact")
     assert upload["with"]["path"] == "_build/html"
     assert uses(wf, "actions/deploy-pages"), "pages.yml must deploy with actions/deploy-pages"
+
+
+def test_pages_workflow_publishes_release_tags_that_name_the_version():
+    wf = workflow("pages.yml")
+    assert triggers(wf)["push"] == {"tags": ["v*"]}, "the site is published from release tags only"
+    assert "python3 tools/project.py --check-tag \"$GITHUB_REF_NAME\"" in run_lines(wf)
+
+
+def _project():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import project
+
+    return project
+
+
+def test_release_links_come_from_the_config_and_the_version():
+    project = _project()
+    version = tomllib.loads(read("pyproject.toml"))["project"]["version"]
+    assert project.release_tag() == f"v{version}" and (version, ) == changelog_releases()[0][:1]
+    assert project.install_spec() == f"dlbook @ git+{config_repository_url()}@v{version}"
+    assert project.colab_url("labs/cnn/cnn-lab.ipynb") == (
+        "https://colab.research.google.com/github/" + config_repository_url().removeprefix("https://github.com/")
+        + f"/blob/v{version}/labs/cnn/cnn-lab.ipynb")
+    cell = _colab_cell_source()
+    assert f'"{project.install_spec()}"' in cell, "the lessons' Colab cell must install this release"
+
+
+def test_check_tag_accepts_only_this_versions_tag():
+    script = str(ROOT / "tools" / "project.py")
+    project = _project()
+    ok = subprocess.run([sys.executable, script, "--check-tag", project.release_tag()], capture_output=True, text=True)
+    wrong = subprocess.run([sys.executable, script, "--check-tag", "v0.0.0-wrong"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert wrong.returncode == 1 and "not this version's release tag" in wrong.stderr
+
+
+def _colab_cell_source() -> str:
+    sys.path.insert(0, str(ROOT / "tools"))
+    import colab_cell
+
+    return colab_cell.SOURCE
 
 
 # --- pre-commit --------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ import functools
 import http.server
 import re
 import shutil
+import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -153,6 +155,31 @@ def test_search_finds_a_term(browser, server):
     )
     assert hits, "the search page found nothing for 'backpropagation'"
     assert any("backprop" in h for h in hits), f"no backpropagation page among the hits: {hits[:10]}"
+
+
+@pytest.mark.slow
+def test_labs_page_opens_every_lab_in_colab_and_downloads_it(browser, server):
+    """Every student notebook in labs/ is one click away: an "Open in Colab" link at this
+    release's tag (tools/project.py) and a download link that serves the committed file itself."""
+    from selenium.webdriver.common.by import By
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import project
+
+    labs = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "labs").rglob("*.ipynb")
+                  if ".ipynb_checkpoints" not in p.parts)
+    assert labs, "no student notebooks in labs/"
+    browser.get(urljoin(server, "book/labs.html"))
+    colab = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "a.colab-link")]
+    assert sorted(colab) == sorted(project.colab_url(p) for p in labs), colab
+    assert all(a.text == "Open in Colab" for a in browser.find_elements(By.CSS_SELECTOR, "a.colab-link"))
+    downloads = {a.text: a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "a.download")}
+    for lab in labs:
+        name = Path(lab).name
+        assert name in downloads, f"no download link named {name} on the labs page: {sorted(downloads)}"
+        with urllib.request.urlopen(downloads[name]) as response:  # the local server, not the internet
+            served = response.read()
+        assert served == (ROOT / lab).read_bytes(), f"{downloads[name]} is not {lab}"
 
 
 class _Links(HTMLParser):

@@ -17,7 +17,9 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
-REPOSITORY = "https://github.com/dlbook-course/dlbook"
+sys.path.insert(0, str(ROOT / "tools"))
+from project import install_spec  # noqa: E402  (the repository and release: tools/project.py)
+
 TAG = "colab-setup"
 
 SOURCE = f'''# Runs anywhere: on Colab (or any machine without the course library) install dlbook first.
@@ -26,7 +28,8 @@ import subprocess
 import sys
 
 if importlib.util.find_spec("dlbook") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "dlbook @ git+{REPOSITORY}"], check=True)
+    # the library of the release this notebook belongs to (a moving branch could break it)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{install_spec()}"], check=True)
 if "google.colab" in sys.modules:
     import torch
 
