@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -377,9 +378,9 @@ def test_dockerfile_and_devcontainer():
     assert re.search(r"^FROM python:3\.11-slim-bookworm\b", text, re.M)
     install = " ".join(re.findall(r"apt-get install[^\n&]*", text))
     assert {"git", "chromium", "chromium-driver"} <= set(install.split())
-    for copied in ("requirements.txt", "pyproject.toml", "dlbook/"):
+    for copied in ("requirements.lock", "pyproject.toml", "dlbook/"):
         assert re.search(rf"^COPY .*{re.escape(copied)}", text, re.M), f"the image must copy {copied}"
-    assert "pip install -r requirements.txt" in text
+    assert "pip install -r requirements.lock" in text
     assert re.search(r"^USER grader$", text, re.M) and re.search(r"^WORKDIR /course$", text, re.M)
     assert "untrusted" in text, "say why the container exists"
     devcontainer = json.loads(read(".devcontainer/devcontainer.json"))
@@ -427,3 +428,65 @@ def test_readme_layout_names_the_adoption_files_and_they_exist():
     for rel in ("LICENSE", "LICENSE-CONTENT.md", "CITATION.cff", "CHANGELOG.md", ".github/", "Dockerfile"):
         assert f"`{rel}`" in layout, f"README's Layout does not mention {rel}"
         assert (ROOT / rel).exists(), f"README names {rel}, which does not exist"
+
+
+# --- the locked environment ---------------------------------------------------------------------
+
+
+def lock_pins(text: str | None = None) -> dict[str, str]:
+    text = read("requirements.lock") if text is None else text
+    return {m.group(1).lower().replace("_", "-"): m.group(2)
+            for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.M)}
+
+
+def test_every_installer_installs_the_lock():
+    assert "-r requirements.lock" in read("environment.yml")
+    assert "-r requirements.lock" in read("tools/env.sh")
+    assert "pip install -r requirements.lock" in read("Dockerfile")
+    assert "bash tools/lock" in read("README.md"), "the README says how to update the lock"
+
+
+def test_lock_holds_the_direct_pins_and_the_stacks_that_used_to_float():
+    pins, lock = requirement_pins(), lock_pins()
+    for name, version in pins.items():
+        assert lock.get(name.replace("_", "-")) == version, f"requirements.txt pins {name}=={version}, the lock {lock.get(name)}"
+    for floating in ("sphinx", "myst-nb", "jupyter-client", "nbconvert", "notebook", "pydata-sphinx-theme", "alembic"):
+        assert floating in lock, f"{floating} is not locked"
+    assert len(lock) > 2 * len(pins)
+
+
+def test_the_environment_is_the_lock():
+    """tools/env.sh installed exactly the lock (a package at another version means a stale .venv or
+    a lock that was edited by hand)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    wrong = []
+    for name, pinned in lock_pins().items():
+        try:
+            installed = version(name).split("+")[0]  # torch 2.14.1+cu130 is the pin 2.14.1
+        except PackageNotFoundError:
+            wrong.append(f"{name} not installed")
+            continue
+        if installed != pinned.split("+")[0]:
+            wrong.append(f"{name} {installed} != {pinned}")
+    assert not wrong, wrong
+
+
+@pytest.mark.slow  # resolves with uv (a few seconds)
+def test_lock_check_passes_and_rejects_a_lock_that_contradicts_requirements(tmp_path):
+    venv = {"DLBOOK_VENV": str(Path(sys.executable).parents[1])}
+    ok = subprocess.run(["bash", str(ROOT / "tools" / "lock"), "--check"], capture_output=True, text=True,
+                        env={**os.environ, **venv})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    # the same check in a copy whose lock pins another tqdm than requirements.txt
+    (tmp_path / "tools").mkdir()
+    for name in ("tools/lock", "tools/uv-args.sh", "requirements.txt", "pyproject.toml", "README.md"):
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    tqdm = lock_pins()["tqdm"]
+    lock = read("requirements.lock").replace(f"\ntqdm=={tqdm}\n", "\ntqdm==4.66.0\n")
+    assert lock != read("requirements.lock")
+    (tmp_path / "requirements.lock").write_text(lock, encoding="utf-8")
+    bad = subprocess.run(["bash", str(tmp_path / "tools" / "lock"), "--check"], capture_output=True, text=True,
+                         env={**os.environ, **venv})
+    assert bad.returncode == 1 and "run bash tools/lock" in bad.stderr, bad.stdout + bad.stderr
+    assert (tmp_path / "requirements.lock").read_text(encoding="utf-8") == lock, "--check must not rewrite the lock"

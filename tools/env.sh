@@ -1,5 +1,5 @@
-# Sourced by tools/build-book and tools/test: create .venv (once), install the pinned
-# requirements (again only when requirements.txt or pyproject.toml change), put .venv first on
+# Sourced by tools/build-book and tools/test: create .venv (once), install the locked environment,
+# requirements.lock (again only when it or pyproject.toml changes), put .venv first on
 # PATH (nbgrader runs alembic as a subprocess) and point DLBOOK_DATA_MIRROR at ../shared/data
 # when that folder exists and the variable is not set.
 set -euo pipefail
@@ -22,8 +22,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 
+source "$ROOT/tools/uv-args.sh"  # uv_index_args: pip's indexes for uv (tools/lock uses it too)
+
+# requirements.lock pins every package of the environment (the Sphinx and Jupyter stacks too), as
+# resolved from requirements.txt by tools/lock; installing it reproduces CI's environment exactly.
 STAMP="$VENV/.dlbook-requirements"
-WANT="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+WANT="$(cat "$ROOT/requirements.lock" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "installing the pinned requirements into $VENV (a few minutes the first time)"
   # Keep byte-compiling: CI sets PYTHONDONTWRITEBYTECODE=1, so a module not compiled here is
@@ -33,20 +37,11 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   # uv installs the same pins in parallel (measured on CI's 2-core machine, 2026-12-06: 58 s
   # against pip's 143-190 s for the 6.6 GB environment); pip does it when uv cannot be had.
   if "$VENV/bin/python" -m pip install --quiet uv >/dev/null 2>&1; then
-    # uv does not read pip's configuration: hand it pip's indexes and wheel folders (a machine's
-    # local mirror of torch, say), and let it take each pin from whichever index has it.
-    UV_ARGS=(--python "$VENV/bin/python" --compile-bytecode --index-strategy unsafe-best-match)
-    while IFS= read -r line; do
-      key="${line%%=*}"; value="${line#*=}"; value="${value#\'}"; value="${value%\'}"
-      case "$key" in
-        *.index-url) UV_ARGS+=(--default-index "$value") ;;
-        *.extra-index-url) for url in $value; do UV_ARGS+=(--extra-index-url "$url"); done ;;
-        *.find-links) for dir in $value; do UV_ARGS+=(--find-links "$dir"); done ;;
-      esac
-    done < <("$VENV/bin/python" -m pip config list 2>/dev/null || true)
-    (cd "$ROOT" && "$VENV/bin/python" -m uv pip install --quiet "${UV_ARGS[@]}" -r requirements.txt)
+    uv_index_args
+    (cd "$ROOT" && "$VENV/bin/python" -m uv pip install --quiet --python "$VENV/bin/python" --compile-bytecode \
+      "${UV_ARGS[@]}" -r requirements.lock)
   else
-    (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet -r requirements.txt)
+    (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet -r requirements.lock)
   fi
   echo "$WANT" > "$STAMP"
 fi
