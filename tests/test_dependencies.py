@@ -75,14 +75,22 @@ def _undeclared(sources: dict[str, str], declared: set[str]) -> dict[str, list[s
 
 DECLARED = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
 GRADING = {_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["grading"]}
+DEPLOY = {_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["deploy"]}
 LIBRARY = {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in sorted((ROOT / "dlbook").rglob("*.py"))}
+# The deploy extra may be imported only where its pairing with torch was checked first: by the
+# lessons that call ensure_deploy_stack(), and by dlbook.deploy (inside the functions they use).
+LESSONS = _lesson_sources()
+CHECKED = {k for k, v in LESSONS.items() if "ensure_deploy_stack()" in v}
 
 
 @pytest.mark.parametrize(("what", "sources", "declared"), [
-    ("the lessons", _lesson_sources(), DECLARED),
-    ("dlbook (without the grader)", {k: v for k, v in LIBRARY.items() if "/grading/" not in k}, DECLARED),
+    ("the lessons", {k: v for k, v in LESSONS.items() if k not in CHECKED}, DECLARED),
+    ("the lessons that check the deploy stack", {k: LESSONS[k] for k in CHECKED}, DECLARED | DEPLOY),
+    ("dlbook (without the grader)", {k: v for k, v in LIBRARY.items() if "/grading/" not in k and k != "dlbook/deploy.py"},
+     DECLARED),
+    ("dlbook.deploy", {k: v for k, v in LIBRARY.items() if k == "dlbook/deploy.py"}, DECLARED | DEPLOY),
     ("the grader", {k: v for k, v in LIBRARY.items() if "/grading/" in k}, DECLARED | GRADING),
-], ids=["lessons", "dlbook", "grading"])
+], ids=["lessons", "deploy-lessons", "dlbook", "dlbook-deploy", "grading"])
 def test_every_import_is_declared(what, sources, declared):
     missing = _undeclared(sources, declared)
     assert not missing, f"{what} import packages pyproject.toml does not declare: " + "; ".join(
@@ -91,8 +99,16 @@ def test_every_import_is_declared(what, sources, declared):
 
 def test_the_check_finds_an_undeclared_import():
     """The planted case: ipywidgets, imported by two lessons, taken out of the declarations."""
-    missing = _undeclared(_lesson_sources(), DECLARED - {"ipywidgets"})
+    missing = _undeclared(LESSONS, DECLARED - {"ipywidgets"})
     assert any(m.startswith("ipywidgets") for m in missing), missing
+
+
+def test_the_deploy_stack_is_imported_only_after_its_check():
+    """torchao imported by a lesson that does not call ensure_deploy_stack() is reported."""
+    assert CHECKED == {"chapters/optimization/deployment.ipynb"}, CHECKED
+    planted = {"chapters/x.ipynb": LESSONS["chapters/optimization/deployment.ipynb"].replace("ensure_deploy_stack()", "")}
+    missing = _undeclared(planted, DECLARED)
+    assert any(m.startswith("torchao") for m in missing) and any(m.startswith("onnx ") for m in missing), missing
 
 
 def test_requires_python_matches_the_pinned_stack():
