@@ -22,9 +22,9 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-# Imported inside ``try: ... except ImportError`` with a fallback, so not required: myst-nb
-# records glued values only when the book is being built (dlbook.display.glue).
-OPTIONAL = {"myst-nb"}
+# Used only where installed, so not required (none at present: dlbook.display.glue writes myst-nb's
+# glue data itself when myst-nb is installed, without importing it).
+OPTIONAL: set[str] = set()
 
 
 def _name(requirement: str) -> str:
