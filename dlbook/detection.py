@@ -109,8 +109,9 @@ def match_anchors(anchors: Tensor, gt_boxes: Tensor, iou_threshold: float = 0.5)
 def build_targets(anchors: Tensor, boxes: Tensor, labels: Tensor, iou_threshold: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
     """Training targets for every canvas, computed once before training: class ``(N, A)`` int64
     (0 background, ``digit + 1`` otherwise), encoded offsets ``(N, A, 4)`` (zeros on background
-    anchors) and the matched box index ``(N, A)`` of :func:`match_anchors` (-1 for background)."""
-    matched = match_anchors(anchors, boxes, iou_threshold)
+    anchors), and the matched box index ``(N, A)`` of :func:`match_anchors` (-1 for background).
+    Canvases are matched 1,024 at a time, so the (N, G, A) IoU tensor stays small."""
+    matched = torch.cat([match_anchors(anchors, chunk, iou_threshold) for chunk in boxes.split(1024)])
     pos = matched >= 0
     safe = matched.clamp_min(0)
     classes = torch.where(pos, labels.gather(1, safe) + 1, 0)
