@@ -288,19 +288,6 @@ def gray_conv_from_rgb(conv: nn.Conv2d) -> nn.Conv2d:
     return gray
 
 
-class Resized(nn.Module):
-    """Resize the input to ``size x size`` (bilinear) before ``model``: small digits for a big network."""
-
-    def __init__(self, model: nn.Module, size: int) -> None:
-        super().__init__()
-        self.model, self.size = model, size
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return self.model(x)
-
-
 def load_resnet18(path: str | Path | None = None, *, num_classes: int = 10, gray: bool = True,
                   download: bool = False) -> nn.Module:
     """torchvision's ResNet-18 with ImageNet weights from a local file, adapted to a new task.
