@@ -13,7 +13,8 @@ One job: take a network trained on one task and make it useful for another.
   logistic regression on frozen features (eq-transfer-probe-grad).
 * :func:`fold_batchnorm`: BatchNorm with frozen statistics is an affine map that folds into the
   convolution before it (eq-transfer-bn-fold).
-* :func:`labelled_subset`: ``k`` labelled examples per class, seeded, for learning curves.
+* :func:`labelled_subset` and :func:`stratified_parts`: ``k`` labelled examples per class, seeded,
+  for learning curves, drawn from a pool disjoint from the validation and test parts.
 * :func:`cached_state`: pretrain once, then load the weights from the course cache.
 * :func:`load_resnet18` and :func:`gray_conv_from_rgb`: torchvision's ImageNet ResNet-18 from a
   local file (hash-checked, never downloaded unless asked), adapted to one-channel input.
