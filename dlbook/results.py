@@ -10,9 +10,68 @@ full-profile numbers that a run produced, and says "not measured yet" where none
 from __future__ import annotations
 
 import json
+import os
+import urllib.error
+import urllib.request
+from importlib import metadata
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"  # in a checkout
+# Where there is no checkout (dlbook installed from the repository, as on Colab) the files the
+# lessons read are downloaded once from the repository at this release's tag. A full-profile file
+# exists per device kind; these are the kinds the course has measured or may measure.
+FULL_FILES = ("full-cpu.json", "full-h100.json", "full-h200.json")
+
+
+def _release_url(name: str) -> str:
+    """``https://raw.githubusercontent.com/<owner>/<repo>/v<version>/benchmarks/results/<name>``."""
+    urls = metadata.metadata("dlbook").get_all("Project-URL") or []
+    repo = next((u.split(",", 1)[1].strip() for u in urls if u.lower().startswith("repository,")), None)
+    if not repo or not repo.startswith("https://github.com/"):
+        raise FileNotFoundError("the installed dlbook names no GitHub repository (pyproject.toml [project.urls])")
+    owner_repo = repo.removeprefix("https://github.com/").rstrip("/")
+    return f"https://raw.githubusercontent.com/{owner_repo}/v{metadata.version('dlbook')}/benchmarks/results/{name}"
+
+
+def results_folder() -> Path:
+    """Where the committed result files are: ``$DLBOOK_RESULTS_DIR``, else the checkout's
+    ``benchmarks/results``, else the cache folder that :func:`result_file` downloads them into."""
+    forced = os.environ.get("DLBOOK_RESULTS_DIR")
+    if forced:
+        return Path(forced)
+    if RESULTS_DIR.is_dir():
+        return RESULTS_DIR
+    from dlbook.data.download import cache_dir
+
+    return cache_dir() / "results" / f"v{metadata.version('dlbook')}"
+
+
+def result_file(name: str, *, required: bool = True, timeout: float = 30.0) -> Path | None:
+    """The committed result file ``name`` (``time-to-accuracy-cpu.json``), downloaded from the
+    repository at this release when there is no checkout. ``required=False`` returns None for a
+    file the repository does not have (or that cannot be downloaded) instead of raising."""
+    folder = results_folder()
+    path = folder / name
+    if path.is_file():
+        return path
+    if not results_dir_is_download():  # a checkout or DLBOOK_RESULTS_DIR: nothing to download
+        if required:
+            raise FileNotFoundError(f"{path} does not exist")
+        return None
+    url = _release_url(name)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        if not required:
+            return None
+        raise FileNotFoundError(f"{name} is not in this installation and {url} could not be read ({exc}); "
+                                "clone the repository, or set DLBOOK_RESULTS_DIR to its benchmarks/results") from exc
+    folder.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    part.write_bytes(data)
+    part.replace(path)
+    return path
 
 
 def lesson_key(lesson: str) -> str:
@@ -22,11 +81,18 @@ def lesson_key(lesson: str) -> str:
     return f"chapters/{name}.ipynb"
 
 
+def results_dir_is_download() -> bool:
+    return not os.environ.get("DLBOOK_RESULTS_DIR") and not RESULTS_DIR.is_dir()
+
+
 def load_full_results(results_dir: Path | None = None) -> dict[str, dict]:
     """Every ``full-<kind>.json`` in ``results_dir``, keyed by kind (``cpu``, ``h100``, ...)."""
-    folder = results_dir or RESULTS_DIR
+    if results_dir is None and results_dir_is_download():
+        paths = [p for p in (result_file(name, required=False) for name in FULL_FILES) if p is not None]
+    else:
+        paths = sorted((results_dir or results_folder()).glob("full-*.json"))
     found = {}
-    for path in sorted(folder.glob("full-*.json")):
+    for path in paths:
         record = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(record.get("lessons"), dict):
             raise ValueError(f"{path} is not a full-profile results file (no 'lessons' table)")

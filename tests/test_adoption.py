@@ -156,7 +156,7 @@ def test_citation_repository_is_the_books_configured_url():
 
 def test_every_github_url_in_the_adoption_files_is_the_configured_repository():
     url = config_repository_url()
-    files = ["CITATION.cff", "LICENSE-CONTENT.md", "CHANGELOG.md", ".github/ISSUE_TEMPLATE/config.yml",
+    files = ["CITATION.cff", "LICENSE-CONTENT.md", "CHANGELOG.md", ".github/ISSUE_TEMPLATE/config.yml", "pyproject.toml",
              ".github/pull_request_template.md", "Dockerfile", ".devcontainer/devcontainer.json"]
     for rel in files:
         for found in re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", read(rel)):
