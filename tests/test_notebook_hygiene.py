@@ -159,3 +159,27 @@ def test_lesson_ends_its_outcome_check_with_the_full_scale_results(path):
         f"{rel(path)}: end the outcome check with a cell calling show_full_scale(\"{stem}\") "
         "(dlbook.results), which renders the committed full-profile results or 'not measured yet'"
     )
+
+
+def _lesson_numbers() -> dict[str, str]:
+    """``chapters/cnn/training-cnns`` -> ``2.9``: the numbers the sidebar gives the lessons."""
+    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
+    numbered = [p for p in toc["parts"] if p.get("numbered")]
+    return {s["file"]: f"{n}.{k}" for n, part in enumerate(numbered, start=1)
+            for k, s in enumerate(part["chapters"][0]["sections"], start=1)}
+
+
+def test_lesson_links_carry_the_sidebars_number():
+    """A link written "[lesson 2.9](../chapters/cnn/training-cnns.ipynb)" names the number the
+    sidebar shows: adding a lesson renumbers the ones after it, and this finds every stale one."""
+    numbers = _lesson_numbers()
+    stale = []
+    for page in project_files("*.md"):
+        if rel(page).split("/")[0] not in ("book", "chapters"):
+            continue
+        for number, target in re.findall(r"\[lesson (\d+\.\d+)\]\(([^)#]+)\.ipynb", page.read_text(encoding="utf-8")):
+            key = rel((page.parent / target).resolve().with_suffix(".ipynb")).removesuffix(".ipynb")
+            if numbers.get(key) != number:
+                stale.append(f"{rel(page)}: lesson {number} -> {key} is {numbers.get(key)}")
+    assert not stale, stale
+    assert numbers["chapters/ann/neuron-and-mlp"] == "1.1"
