@@ -325,14 +325,19 @@ class ConvNeXtSmall(nn.Module):
 def time_separable(channels: int, size: int, k: int = 3, batch: int = 8, repeats: int = 5, seed: int = 0) -> dict:
     """Forward time of a standard k x k convolution and of the separable pair, at ``channels`` in and out.
 
-    Returns, for ``"standard"``, ``"depthwise"``, ``"pointwise"`` and ``"pair"`` (depthwise then
-    pointwise, as one call): median seconds (:func:`dlbook.perf.median_seconds`) under ``no_grad``,
-    the MACs of the batch (eq-arch-macs) and, for the three layers, the arithmetic intensity
-    (eq-blocks-roofline: MACs per byte if every float32 tensor is read or written once) and the
-    achieved rate in GMAC/s. Also the MAC speed-up ``standard / (depthwise + pointwise)`` and the
-    measured one ``standard time / pair time``.
+    Each round times the four calls ``"standard"``, ``"depthwise"``, ``"pointwise"`` and ``"pair"``
+    (depthwise then pointwise) one after the other under ``no_grad``, with :func:`dlbook.perf.timed`
+    (on the CPU: seconds of CPU time of this process, which a job sharing the CPU does not inflate,
+    unlike the wall clock); one untimed round first pays for allocation and kernel selection. The
+    result holds the median seconds over ``repeats`` rounds, the MACs of the batch (eq-arch-macs),
+    for the three layers the arithmetic intensity (eq-blocks-roofline: MACs per byte if every
+    float32 tensor is read or written once) and the achieved rate in GMAC/s, the MAC speed-up
+    ``standard / (depthwise + pointwise)`` and the measured speed-up, the median over rounds of
+    ``standard time / pair time`` (a ratio within one round: a slow moment slows both calls).
     """
-    from ..perf import median_seconds
+    import numpy as np
+
+    from ..perf import timed
 
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, channels, size, size, generator=gen)
@@ -340,8 +345,13 @@ def time_separable(channels: int, size: int, k: int = 3, batch: int = 8, repeats
               "depthwise": nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=False),
               "pointwise": nn.Conv2d(channels, channels, 1, bias=False)}
     layers["pair"] = nn.Sequential(layers["depthwise"], layers["pointwise"])
+    rounds = []
     with torch.no_grad():
-        seconds = {name: median_seconds(lambda layer=layer: layer(x), repeats=repeats) for name, layer in layers.items()}
+        for r in range(repeats + 1):
+            times = {name: timed(lambda layer=layer: layer(x), x.device)[1].seconds for name, layer in layers.items()}
+            if r > 0:  # round 0 is the warm-up
+                rounds.append(times)
+    seconds = {name: float(np.median([t[name] for t in rounds])) for name in layers}
     act = batch * channels * size * size  # values in each of X, D and Y (same size: stride 1, C' = C)
     macs = {"standard": batch * conv2d_macs(channels, channels, k, size, size),
             "depthwise": batch * conv2d_macs(channels, channels, k, size, size, groups=channels),
@@ -353,5 +363,5 @@ def time_separable(channels: int, size: int, k: int = 3, batch: int = 8, repeats
         "intensity": {name: macs[name] / (4 * (2 * act + weights[name])) for name in macs},
         "gmac_per_s": {name: macs[name] / seconds[name] / 1e9 for name in macs},
         "mac_speedup": macs["standard"] / (macs["depthwise"] + macs["pointwise"]),
-        "speedup": seconds["standard"] / seconds["pair"],
+        "speedup": float(np.median([t["standard"] / t["pair"] for t in rounds])),
     }
