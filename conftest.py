@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import nbformat
+import pytest
 
 ROOT = Path(__file__).resolve().parent
 _failed: set[str] = set()  # notebooks (by path) with a failed cell: never written
@@ -73,3 +74,15 @@ def pytest_collection_modifyitems(config, items) -> None:
         path = str(item.path)
         rank[path] = min(rank.get(path, 2), _file_rank(item))
     items.sort(key=lambda item: rank[str(item.path)])  # stable: collection order within a rank
+
+
+@pytest.fixture(autouse=True)
+def _environment_is_restored_after_each_test():
+    """A test that changes os.environ (run_full.main sets DLBOOK_PROFILE=full for its kernels) must
+    not change it for what runs after it on the same worker: every notebook kernel inherits the
+    worker's environment, and one such leak once ran the rest of a worker's lessons in full."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)

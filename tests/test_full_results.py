@@ -51,7 +51,11 @@ def test_a_file_without_lessons_is_refused(tmp_path):
         load_full_results(tmp_path)
 
 
-def test_not_run_rows_keep_the_others_and_record_quick_seconds(tmp_path):
+def test_not_run_rows_keep_the_others_and_record_quick_seconds(tmp_path, monkeypatch):
+    # run_full.main sets DLBOOK_PROFILE=full and DLBOOK_DEVICE for the kernels it starts: recorded
+    # here so that they are undone, or every notebook this worker runs next would run in full
+    monkeypatch.setenv("DLBOOK_PROFILE", "quick")
+    monkeypatch.setenv("DLBOOK_DEVICE", "cpu")
     lesson = "chapters/ann/deep-mlp-mnist.ipynb"
     (tmp_path / "full-cpu.json").write_text(json.dumps({"device_kind": "cpu", "lessons": {
         "chapters/ann/other.ipynb": {"status": "ok", "seconds": 1.0}}}))
@@ -80,3 +84,75 @@ def test_committed_results_are_complete():
                 assert entry["outcome_lines"], f"full-{kind}.json: {lesson} ran but recorded no outcome line"
             elif entry["status"] == "not run":
                 assert entry["reason"], f"full-{kind}.json: {lesson} not run, with no reason"
+
+
+class _Response:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def read(self) -> bytes:
+        return self.data
+
+
+def _no_checkout(monkeypatch, tmp_path, files: dict[str, bytes]) -> list[str]:
+    """dlbook as installed from the repository (no benchmarks/ beside it): ``files`` are what the
+    repository has at the release tag; returns the URLs requested."""
+    import urllib.error
+
+    from dlbook import results
+
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path / "no-checkout")
+    monkeypatch.delenv("DLBOOK_RESULTS_DIR", raising=False)
+    monkeypatch.setenv("DLBOOK_DATA_DIR", str(tmp_path / "cache"))
+    asked: list[str] = []
+
+    def urlopen(url, timeout):
+        asked.append(url)
+        name = url.rsplit("/", 1)[1]
+        if name not in files:
+            raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)
+        return _Response(files[name])
+
+    monkeypatch.setattr(results.urllib.request, "urlopen", urlopen)
+    return asked
+
+
+def test_without_a_checkout_the_results_come_from_the_release(monkeypatch, tmp_path):
+    from dlbook import results
+
+    record = (RESULTS_DIR / "full-cpu.json").read_bytes()
+    asked = _no_checkout(monkeypatch, tmp_path, {"full-cpu.json": record, "time-to-accuracy-cpu.json": b"{}"})
+    version = results.metadata.version("dlbook")
+    assert set(load_full_results()) == {"cpu"}
+    assert asked[0] == ("https://raw.githubusercontent.com/dlbook-course/dlbook/"
+                        f"v{version}/benchmarks/results/full-cpu.json")
+    path = results.result_file("time-to-accuracy-cpu.json")
+    assert path.read_bytes() == b"{}" and path.parent == tmp_path / "cache" / "results" / f"v{version}"
+    before = len(asked)
+    assert results.result_file("time-to-accuracy-cpu.json") == path and len(asked) == before, "downloaded once"
+
+
+def test_offline_without_a_checkout_the_error_says_what_to_do(monkeypatch, tmp_path):
+    from dlbook import results
+
+    _no_checkout(monkeypatch, tmp_path, {})
+    with pytest.raises(FileNotFoundError, match="clone the repository, or set DLBOOK_RESULTS_DIR"):
+        results.result_file("time-to-accuracy-cpu.json")
+    assert results.result_file("time-to-accuracy-cpu.json", required=False) is None
+    assert load_full_results() == {}
+
+
+def test_dlbook_results_dir_points_at_a_copy(monkeypatch, tmp_path):
+    from dlbook import results
+
+    (tmp_path / "t.json").write_text("{}")
+    monkeypatch.setenv("DLBOOK_RESULTS_DIR", str(tmp_path))
+    assert results.result_file("t.json") == tmp_path / "t.json"
+    with pytest.raises(FileNotFoundError):
+        results.result_file("missing.json")
