@@ -103,7 +103,7 @@ def test_codes_and_layer_match_torchao(trained):
 
     model, x = trained
     int8_model = copy.deepcopy(model)
-    quantize_(int8_model, Int8DynamicActivationInt8WeightConfig())
+    quantize_(int8_model, Int8DynamicActivationInt8WeightConfig(version=2))
     w = model[0].weight.detach()
     s = symmetric_qparams(w)
     q = quantize(w, s)
