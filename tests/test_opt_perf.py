@@ -130,16 +130,18 @@ def test_median_seconds_is_the_median_and_waits_for_the_device(monkeypatch):
     synchronised before and after every timed call."""
     calls, syncs = [], []
     monkeypatch.setattr(perf, "synchronize", lambda device: syncs.append(str(device)))
-    durations = iter([0.0, 0.0, 0.03, 0.01, 0.02])  # two warm-up calls, then three timed
+    durations = iter([0.5, 0.5, 0.03, 0.01, 0.02])  # two warm-up calls, then three timed
+    clock = [100.0]  # a fake perf_counter: each call of work() takes exactly its duration (a real
+    # sleep overshoots on a loaded machine, and CI once measured the 0.02 s median as 0.033 s)
+    monkeypatch.setattr(perf.time, "perf_counter", lambda: clock[0])
 
     def work():
         calls.append(1)
-        import time as _t
-        _t.sleep(next(durations))
+        clock[0] += next(durations)
 
     seconds = perf.median_seconds(work, repeats=3, warmup=2, device="cpu")
     assert len(calls) == 5 and len(syncs) == 6, (len(calls), len(syncs))
-    assert 0.015 < seconds < 0.03, seconds
+    assert seconds == pytest.approx(0.02, abs=1e-12), seconds  # the median, and the warm-ups left out
     with pytest.raises(ValueError, match="repeats"):
         perf.median_seconds(work, repeats=0)
 
