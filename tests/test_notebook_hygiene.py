@@ -183,3 +183,11 @@ def test_lesson_links_carry_the_sidebars_number():
                 stale.append(f"{rel(page)}: lesson {number} -> {key} is {numbers.get(key)}")
     assert not stale, stale
     assert numbers["chapters/ann/neuron-and-mlp"] == "1.1"
+
+
+def test_references_bib_parses():
+    """Every entry of book/references.bib is well formed (the book build fails on one missing brace)."""
+    from pybtex.database import parse_file
+
+    entries = parse_file(str(ROOT / "book" / "references.bib")).entries
+    assert len(entries) > 100
