@@ -18,7 +18,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git chromium chromium-driver \
+ && apt-get install -y --no-install-recommends git chromium chromium-driver fonts-wqy-microhei \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /course

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))  # book_site: the build and the browser, shared with tools/book_pdf.py
+import book_site  # noqa: E402
 
 
 def toc_pages() -> list[str]:
@@ -23,52 +24,18 @@ def toc_pages() -> list[str]:
     return [toc["root"]] + [page for part in toc["parts"] for page in walk(part["chapters"])]
 
 
-def _prime_cache(cache_path: Path) -> int:
-    """Put the notebooks nbval executed (``DLBOOK_EXECUTED_DIR``, see the root conftest.py) into a
-    jupyter-cache; returns how many. A lesson whose code changed since, or that nbval did not run,
-    finds no match and is executed by the build itself."""
-    executed = os.environ.get("DLBOOK_EXECUTED_DIR")
-    if not executed or not Path(executed).is_dir():
-        return 0
-    from jupyter_cache import get_cache
-
-    cache = get_cache(str(cache_path))
-    count = 0
-    for nb in sorted(Path(executed).rglob("*.ipynb")):
-        source = ROOT / nb.relative_to(executed)
-        if source.is_file():
-            cache.cache_notebook_file(str(nb), uri=str(source), check_validity=False, overwrite=True)
-            count += 1
-    return count
-
-
 @pytest.fixture(scope="session")
 def site(tmp_path_factory) -> Path:
     prebuilt = os.environ.get("DLBOOK_BUILT_SITE")
     if prebuilt:  # check an existing build (e.g. _build/html from tools/build-book) instead
         assert (Path(prebuilt) / "index.html").is_file(), f"DLBOOK_BUILT_SITE={prebuilt} has no index.html"
         return Path(prebuilt)
-    out = tmp_path_factory.mktemp("book")
     # The published build (book/_config.yml, tools/build-book) always executes every notebook. The
     # test builds with the same configuration in myst-nb's cache mode, so outputs nbval has just
     # produced for unchanged code are reused rather than computed a second time.
-    config = yaml.safe_load((ROOT / "book" / "_config.yml").read_text())
-    config["execute"]["execute_notebooks"] = "cache"
-    config["execute"]["cache"] = str(out / "jupyter_cache")
-    # local extension folders are relative to the config file, which now lives in the temp dir
-    extensions = config["sphinx"].get("local_extensions") or {}
-    config["sphinx"]["local_extensions"] = {k: str(ROOT / "book" / v) for k, v in extensions.items()}
-    primed = _prime_cache(out / "jupyter_cache")
-    config_path = out / "_config.yml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", ".", "--config", str(config_path),
-           "--toc", "book/_toc.yml", "-W", "--path-output", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"jupyter-book build -W failed ({primed} notebooks from nbval):\n{log[-6000:]}"
+    try:
+        html, primed = book_site.build(tmp_path_factory.mktemp("book"), "html", book_site.executed_dir())
+    except book_site.BuildError as error:
+        pytest.fail(str(error), pytrace=False)
     print(f"book built with {primed} notebooks executed by nbval, the rest executed by the build")
-    return out / "_build" / "html"
-
-
+    return html

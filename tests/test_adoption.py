@@ -221,6 +221,13 @@ def test_pages_workflow_builds_with_the_readmes_command_and_deploys():
     assert uses(wf, "actions/deploy-pages"), "pages.yml must deploy with actions/deploy-pages"
 
 
+def test_pages_workflow_publishes_the_pdf_built_by_the_readmes_command():
+    """The README's PDF command, writing into the folder the site is uploaded from."""
+    readme = read("README.md")
+    assert "`bash tools/build-pdf`" in readme and (ROOT / "tools" / "build-pdf").is_file()
+    assert "bash tools/build-pdf --out _build/html/dlbook.pdf" in run_lines(workflow("pages.yml"))
+
+
 def test_pages_workflow_publishes_release_tags_that_name_the_version():
     wf = workflow("pages.yml")
     assert triggers(wf)["push"] == {"tags": ["v*"]}, "the site is published from release tags only"

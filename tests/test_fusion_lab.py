@@ -84,12 +84,24 @@ EX5_NO_PAD_AFTER_EOS = """def greedy_decode(step_fn, state, batch_size, bos, eos
     return tokens, torch.where(ended, first + 1, torch.full_like(first, max_len))
 """
 
+# 6. The sliding window ignored: the cache keeps every position. Right whenever window is None.
+EX6_NO_WINDOW = """def kv_cache_step(q, k, v, cache, window=None):
+    K, V = k.unsqueeze(2), v.unsqueeze(2)
+    if cache is not None:
+        K = torch.cat([cache[0], K], dim=2)
+        V = torch.cat([cache[1], V], dim=2)
+    # should keep only the last `window` positions of K and V
+    weights = torch.softmax(torch.einsum("bhd,bhtd->bht", q, K) / math.sqrt(q.shape[-1]), dim=-1)
+    return torch.einsum("bht,bhtd->bhd", weights, V), (K, V)
+"""
+
 HALF_RIGHT = {
     "ex1-solution": EX1_MASK_AFTER_SOFTMAX,
     "ex2-solution": EX2_STATE_NOT_PASSED,
     "ex3-solution": EX3_NAN_ROWS,
     "ex4-solution": EX4_BLANKS_FIRST,
     "ex5-solution": EX5_NO_PAD_AFTER_EOS,
+    "ex6-solution": EX6_NO_WINDOW,
 }
 
 
@@ -97,6 +109,7 @@ class TestFusionLab(EveryExerciseHalfRight):
     """Exercise 4 decodes the padding frames too: its visible test (full lengths) passes, 13 of 15."""
 
     lab = LAB
+    exercises = 6
     partial = {"ex4-solution": EX4_IGNORES_LENGTHS}
     partial_exercise = "ex4"
     half_right = HALF_RIGHT

@@ -79,12 +79,24 @@ EX5_BACKWARD_AT_END = """def last_valid_state(outputs, lengths, bidirectional=Fa
     return outputs[torch.arange(outputs.shape[0]), lengths - 1]  # the backward direction ends at t = 0
 """
 
+# 6. The bands spread from 0 Hz instead of from f_min: right whenever f_min = 0.
+EX6_IGNORES_F_MIN = """def mel_filterbank(n_mels, n_fft, sample_rate, f_min=0.0, f_max=None, normalize=False):
+    f_max = sample_rate / 2 if f_max is None else f_max
+    top = 2595.0 * math.log10(1.0 + f_max / 700.0)
+    edges = 700.0 * (10.0 ** (torch.linspace(0.0, top, n_mels + 2, dtype=torch.float64) / 2595.0) - 1.0)
+    freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    weights = torch.clamp(torch.minimum((freqs - lower) / (centre - lower), (upper - freqs) / (upper - centre)), min=0.0)
+    return weights * (2.0 / (upper - lower)) if normalize else weights
+"""
+
 HALF_RIGHT = {
     "ex1-solution": EX1_UNTRANSPOSED,
     "ex2-solution": EX2_LAST_STEP_ONLY,
     "ex3-solution": EX3_NO_FORGET_GATE,
     "ex4-solution": EX4_PER_TENSOR,
     "ex5-solution": EX5_BACKWARD_AT_END,
+    "ex6-solution": EX6_IGNORES_F_MIN,
 }
 
 
@@ -92,6 +104,7 @@ class TestRnnLab(EveryExerciseHalfRight):
     """Exercise 2 forgets the first step's term: its visible test (h_0 = 0) passes, 13 of 15."""
 
     lab = LAB
+    exercises = 6
     partial = {"ex2-solution": EX2_FORGETS_H0}
     partial_exercise = "ex2"
     half_right = HALF_RIGHT

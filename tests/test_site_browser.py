@@ -12,86 +12,37 @@ Chromium and ChromeDriver come from Debian (``apt-get install chromium chromium-
 from __future__ import annotations
 
 import functools
-import http.server
 import re
-import shutil
-import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urljoin, urlparse
 
+import book_site  # tools/, put on sys.path by site_build
 import pytest
 from site_build import ROOT, toc_pages
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 
 
 @pytest.fixture(scope="module")
 def server(site: Path) -> Iterator[str]:
-    handler = functools.partial(_QuietHandler, directory=str(site))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # keep the pytest output readable
-        pass
+    with book_site.serve(site) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
-    if missing:
-        pytest.fail(f"{missing} not found: install Debian's chromium and chromium-driver "
-                    "(tools/test does this with apt-get when it runs as root)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    # No network here: without the background-networking flags Chromium keeps trying Google's hosts.
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,900",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
+    try:
+        driver = book_site.chromium(tmp_path_factory.mktemp("chromium-profile"))
+    except FileNotFoundError as missing:
+        pytest.fail(f"{missing} (tools/test installs them with apt-get when it runs as root)")
     yield driver
     driver.quit()
 
 
-def _wait_for_mathjax(driver) -> int:
-    """Wait until MathJax has typeset every ``.math`` element (or 120 s); the number typeset, or
-    -1 when MathJax never loaded. MathJax inserts a page's typeset maths all at once when it has
-    finished, which on a busy machine took over 30 s for a page with 90 expressions."""
-    driver.set_script_timeout(150)
-    return driver.execute_async_script(
-        """
-        const done = arguments[arguments.length - 1];
-        const start = Date.now();
-        (function poll() {
-          // Count the equations on every poll: once in CI the count read right after the page load
-          // was 0 on a page with 169 equations, which ended the wait before MathJax had run.
-          const wanted = document.querySelectorAll('.math').length;
-          if (!wanted && document.readyState === 'complete' && Date.now() - start > 300) { done(0); return; }
-          const typeset = document.querySelectorAll('mjx-container').length;
-          const loaded = window.MathJax && MathJax.startup && MathJax.startup.promise;
-          if (wanted && loaded && typeset >= wanted) { done(typeset); }
-          else if (Date.now() - start > 120000) { done(loaded ? typeset : -1); }
-          else { setTimeout(poll, 100); }
-        })();
-        """
-    )
+_wait_for_mathjax = book_site.wait_for_mathjax
 
 
 @pytest.mark.slow
@@ -161,10 +112,8 @@ def test_search_finds_a_term(browser, server):
 def test_labs_page_opens_every_lab_in_colab_and_downloads_it(browser, server):
     """Every student notebook in labs/ is one click away: an "Open in Colab" link at this
     release's tag (tools/project.py) and a download link that serves the committed file itself."""
+    import project  # tools/, put on sys.path by site_build
     from selenium.webdriver.common.by import By
-
-    sys.path.insert(0, str(ROOT / "tools"))
-    import project
 
     labs = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "labs").rglob("*.ipynb")
                   if ".ipynb_checkpoints" not in p.parts)
@@ -180,6 +129,27 @@ def test_labs_page_opens_every_lab_in_colab_and_downloads_it(browser, server):
         with urllib.request.urlopen(downloads[name]) as response:  # the local server, not the internet
             served = response.read()
         assert served == (ROOT / lab).read_bytes(), f"{downloads[name]} is not {lab}"
+
+
+@pytest.mark.slow
+def test_a_lesson_prints_to_pdf_with_its_equations(site, tmp_path):
+    """What tools/build-pdf does to the whole book (tests/test_book_pdf.py, not run in CI for its
+    minutes), done to one lesson: every equation typeset before printing, page numbers, no raw
+    LaTeX, and the Chinese glossary names printed with a CJK font."""
+    import book_pdf
+    from pypdf import PdfReader
+
+    def printed(page: str) -> tuple[int, list[str]]:
+        out = tmp_path / (page.replace("/", "-") + ".pdf")
+        equations, _ = book_pdf.print_to_pdf(site, page, out, tmp_path / "profile", limit_seconds=150)
+        return equations, [p.extract_text() or "" for p in PdfReader(out).pages]
+
+    equations, texts = printed("chapters/fusion/self-attention-derivation.html")
+    assert equations > 20 and len(texts) >= 2, (equations, len(texts))
+    assert f"1 / {len(texts)}" in texts[0], texts[0][-200:]
+    assert not [t for t in texts if "$$" in t or "\\[" in t or "\\begin{" in t], "raw LaTeX in the printed page"
+    _, texts = printed("book/glossary.html")
+    assert "注意力" in "".join(texts), "the Chinese names of the glossary are missing from the print"
 
 
 class _Links(HTMLParser):
