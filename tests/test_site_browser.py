@@ -132,23 +132,19 @@ def test_labs_page_opens_every_lab_in_colab_and_downloads_it(browser, server):
 
 
 @pytest.mark.slow
-def test_a_lesson_prints_to_pdf_with_its_equations(site, tmp_path):
-    """What tools/build-pdf does to the whole book (tests/test_book_pdf.py, not run in CI for its
-    minutes), done to one lesson: every equation typeset before printing, page numbers, no raw
-    LaTeX, and the Chinese glossary names printed with a CJK font."""
+def test_a_page_prints_to_pdf_with_its_equations_and_chinese(site, tmp_path):
+    """What tools/build-pdf does to the whole book (tests/test_book_pdf.py, left out of CI for its
+    minutes), done to the glossary, a page with equations and Chinese names: every equation typeset
+    before printing, page numbers, no raw LaTeX, and the Chinese printed with a CJK font."""
     import book_pdf
     from pypdf import PdfReader
 
-    def printed(page: str) -> tuple[int, list[str]]:
-        out = tmp_path / (page.replace("/", "-") + ".pdf")
-        equations, _ = book_pdf.print_to_pdf(site, page, out, tmp_path / "profile", limit_seconds=150)
-        return equations, [p.extract_text() or "" for p in PdfReader(out).pages]
-
-    equations, texts = printed("chapters/fusion/self-attention-derivation.html")
+    out = tmp_path / "glossary.pdf"
+    equations, _ = book_pdf.print_to_pdf(site, "book/glossary.html", out, tmp_path / "profile", limit_seconds=150)
+    texts = [page.extract_text() or "" for page in PdfReader(out).pages]
     assert equations > 20 and len(texts) >= 2, (equations, len(texts))
     assert f"1 / {len(texts)}" in texts[0], texts[0][-200:]
-    assert not [t for t in texts if "$$" in t or "\\[" in t or "\\begin{" in t], "raw LaTeX in the printed page"
-    _, texts = printed("book/glossary.html")
+    assert not [t for t in texts if "$$" in t or "\\(" in t or "\\begin{" in t], "raw LaTeX in the printed page"
     assert "注意力" in "".join(texts), "the Chinese names of the glossary are missing from the print"
 
 

@@ -49,9 +49,13 @@ def _prime_cache(cache_path: Path, executed: Path | None) -> int:
 
 
 def executed_dir() -> Path | None:
-    """Where the last test run kept its executed lessons, if anywhere."""
+    """Where the last test run kept its executed lessons (``DLBOOK_EXECUTED_DIR``, else the
+    ``_build/executed`` of the last full ``tools/test`` run), if anywhere."""
     executed = os.environ.get("DLBOOK_EXECUTED_DIR")
-    return Path(executed) if executed else None
+    if executed:
+        return Path(executed)
+    default = ROOT / "_build" / "executed"
+    return default if default.is_dir() else None
 
 
 def build(out: Path, builder: str = "html", executed: Path | None = None) -> tuple[Path, int]:
