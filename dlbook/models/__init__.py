@@ -6,7 +6,8 @@
   fusion chapter's CNN + RNN models; :mod:`~dlbook.models.char_lm`,
   :mod:`~dlbook.models.forecasting`, :mod:`~dlbook.models.multitask`,
   :mod:`~dlbook.models.sequence_classifiers`, :mod:`~dlbook.models.text_classifiers` - the
-  recurrent and attention models of the RNN and fusion chapters; :mod:`~dlbook.models.unet` - the
+  recurrent and attention models of the RNN and fusion chapters; :mod:`~dlbook.models.decoder` - the
+  decoder-only character Transformer with its key-value cache; :mod:`~dlbook.models.unet` - the
   segmentation network. Only the CNN family is re-exported here; import the others from their module.
 """
 
