@@ -21,6 +21,10 @@ import sys
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+# The torch the course pins (requirements.txt; a test checks they agree). A lesson whose float32
+# results differ in the last bits between torch releases bounds them tightly only under this one.
+PINNED_TORCH = "2.14.1"
+
 # Floors the deployment lesson needs (the `deploy` extra of pyproject.toml says the same; a test checks).
 DEPLOY_FLOORS = {"onnx": ">=1.16", "onnxscript": ">=0.3", "onnxruntime": ">=1.18"}
 # torchao for each torch, newest first: (oldest torch of the row, torchao requirement). From the
@@ -34,6 +38,15 @@ TORCHAO_FOR_TORCH = (
 # The lesson uses torchao's Int8Tensor and Int8DynamicActivationInt8WeightConfig, first released
 # together in torchao 0.15, which needs torch 2.9.1: the oldest torch the deployment lesson runs on.
 OLDEST_TORCH = TORCHAO_FOR_TORCH[-1][0]
+
+
+def is_pinned_torch(torch_version: str | None = None) -> bool:
+    """Whether ``torch_version`` (default: the installed torch) is the course's pinned release."""
+    if torch_version is None:
+        import torch
+
+        torch_version = torch.__version__
+    return _release(torch_version) == Version(PINNED_TORCH)
 
 
 def _release(version: str) -> Version:

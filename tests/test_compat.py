@@ -73,3 +73,12 @@ def test_the_installer_reports_a_pip_that_did_not_help(monkeypatch):
     monkeypatch.setattr(compat.subprocess, "run", lambda command, check: subprocess.CompletedProcess(command, 0))
     with pytest.raises(ImportError, match="still not met"):
         compat.ensure_deploy_stack(install=True)
+
+
+def test_the_pinned_torch_is_requirements_txts():
+    import re
+    from pathlib import Path
+
+    pins = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text()
+    assert re.search(rf"^torch=={re.escape(compat.PINNED_TORCH)}$", pins, re.M), "requirements.txt pins another torch"
+    assert compat.is_pinned_torch(f"{compat.PINNED_TORCH}+cu130") and not compat.is_pinned_torch("2.9.1")

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -97,16 +98,12 @@ def execute(paths: list[str], timeout: int) -> None:
 
 
 def lessons_in(paths: list[str]) -> list[str]:
-    found = []
-    for arg in paths or ["chapters"]:
-        path = (ROOT / arg).resolve()
-        if path.suffix == ".ipynb":
-            if not path.is_file():
-                raise SystemExit(f"no such notebook: {arg}")
-            found.append(path)
-        else:
-            found += [p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts]
-    return sorted(str(p.relative_to(ROOT)) for p in found)
+    """The notebooks named or found under ``paths`` (default: every lesson), relative to the
+    checkout: benchmarks/run_full.py's rule, so both tools pick the same lessons."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from run_full import lessons_in as lesson_paths
+
+    return sorted(str(p.relative_to(ROOT)) for p in lesson_paths(paths or ["chapters"]))
 
 
 def main(argv: list[str] | None = None) -> int:
