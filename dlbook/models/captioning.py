@@ -31,7 +31,8 @@ from ..gradients import GradientReport, compare, gradcheck64
 
 
 def additive_attention(
-    A: Tensor, h: Tensor, W_a: Tensor, U_a: Tensor, b: Tensor, v: Tensor, keys: Tensor | None = None
+    A: Tensor, h: Tensor, W_a: Tensor, U_a: Tensor, b: Tensor, v: Tensor, keys: Tensor | None = None,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Bahdanau attention of one query ``h`` (B, H) over annotations ``A`` (B, L, D).
 
@@ -39,18 +40,24 @@ def additive_attention(
     ``alpha = softmax(e)`` over the L positions (eq-att-softmax), ``z = sum_i alpha_i a_i``
     (eq-att-context). ``W_a`` is (A', D), ``U_a`` (A', H), ``b`` and ``v`` (A',). ``keys = A W_a^T + b``
     may be passed precomputed: it does not depend on the decoding step, so a decoder computes it
-    once per image. Returns the context ``z`` (B, D) and the weights ``alpha`` (B, L).
+    once per image. ``mask`` (B, L) bool, True where a position is real, gives padded positions
+    (a batch of sentences of different lengths) a score of minus infinity, so weight 0.
+    Returns the context ``z`` (B, D) and the weights ``alpha`` (B, L).
     """
     if keys is None:
         keys = A @ W_a.T + b  # (B, L, A')
     u = torch.tanh(keys + (h @ U_a.T).unsqueeze(1))  # (B, L, A'): the query is added to every position
-    alpha = (u @ v).softmax(dim=-1)  # (B, L)
+    scores = u @ v  # (B, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    alpha = scores.softmax(dim=-1)  # (B, L)
     context = (alpha.unsqueeze(1) @ A).squeeze(1)  # (B, 1, L) @ (B, L, D): sum_i alpha_i a_i, (B, D)
     return context, alpha
 
 
 def additive_attention_backward(
-    d_context: Tensor, A: Tensor, h: Tensor, W_a: Tensor, U_a: Tensor, b: Tensor, v: Tensor
+    d_context: Tensor, A: Tensor, h: Tensor, W_a: Tensor, U_a: Tensor, b: Tensor, v: Tensor,
+    mask: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Hand-derived gradients of :func:`additive_attention` given ``d_context = dL/dz`` (B, D). No autograd.
 
@@ -61,9 +68,14 @@ def additive_attention_backward(
       ``dU_a = sum_b (sum_i ds_i) h^T``
     * eq-att-grad-h: ``dh = U_a^T sum_i ds_i`` (the query is added to every score)
     * eq-att-grad-a: ``da_i = alpha_i g + W_a^T ds_i`` (through the context and through the score)
+
+    With a ``mask``, a padded position has ``alpha_i = 0``, so every gradient above is 0 there.
     """
     u = torch.tanh(A @ W_a.T + b + (h @ U_a.T).unsqueeze(1))  # recompute what the backward needs
-    alpha = (u @ v).softmax(dim=-1)
+    scores = u @ v
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    alpha = scores.softmax(dim=-1)
     d_alpha = (A @ d_context.unsqueeze(-1)).squeeze(-1)  # (B, L)
     d_e = alpha * (d_alpha - (alpha * d_alpha).sum(dim=1, keepdim=True))  # (B, L)
     d_s = d_e.unsqueeze(-1) * v * (1 - u**2)  # (B, L, A')
@@ -155,8 +167,9 @@ class AdditiveAttention(nn.Module):
         """``W_a a_i + b`` for every position (B, L, A'): the part of the score that the query does not change."""
         return self.W_a(A)
 
-    def forward(self, A: Tensor, h: Tensor, keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return additive_attention(A, h, self.W_a.weight, self.U_a.weight, self.W_a.bias, self.v, keys)
+    def forward(self, A: Tensor, h: Tensor, keys: Tensor | None = None, mask: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+        return additive_attention(A, h, self.W_a.weight, self.U_a.weight, self.W_a.bias, self.v, keys, mask)
 
 
 # --------------------------------------------------------------------------- encoder
