@@ -14,18 +14,17 @@ Lesson: chapters/fusion/image-captioning.ipynb; derivation: chapters/fusion/addi
   then per word an ``nn.LSTMCell`` fed ``[embedding(y_{t-1}) ; z_t]`` (so it is built for
   ``embed + feature`` inputs) and a word distribution from ``[h_t ; z_t]``. ``forward`` is teacher
   forcing; :meth:`ShowAttendTell.greedy` and :meth:`ShowAttendTell.beam_search` generate captions and
-  return the attention weights of every generated word.
+  return the attention weights of every generated word (the searches of :mod:`dlbook.models.decoding`).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..gradients import GradientReport, compare, gradcheck64
+from .decoding import Decoded, beam_search, greedy_decode
 
 # --------------------------------------------------------------------------- additive attention
 
@@ -222,19 +221,6 @@ class CaptionEncoder(nn.Module):
 # --------------------------------------------------------------------------- decoder
 
 
-@dataclass
-class Decoded:
-    """Generated captions: ``tokens`` int64 (B, T) without ``<bos>``, ending in ``<eos>`` unless
-    cut at ``max_len``, ``<pad>`` after it; ``alphas`` float (B, T, L), the attention weights that
-    produced each token (zeros after ``<eos>``); ``lengths`` int64 (B,) tokens up to and including
-    ``<eos>``; ``scores`` (B,) the summed log-probability of those tokens."""
-
-    tokens: Tensor
-    alphas: Tensor
-    lengths: Tensor
-    scores: Tensor
-
-
 class ShowAttendTell(nn.Module):
     """CNN encoder + additive attention + LSTM decoder (Xu et al., 2015), see the module docstring.
 
@@ -308,87 +294,21 @@ class ShowAttendTell(nn.Module):
 
     @torch.no_grad()
     def greedy(self, images: Tensor, max_len: int = 12) -> Decoded:
-        """Feed back the most probable word at every step; stop at ``<eos>`` or after ``max_len`` words."""
+        """Feed back the most probable word at every step; stop at ``<eos>`` or after ``max_len``
+        words (:func:`dlbook.models.decoding.greedy_decode`)."""
         A = self.encoder(images)
         keys = self.attention.keys(A)
-        state = self.init_state(A)
-        B = len(images)
-        words = torch.full((B,), self.bos_id, dtype=torch.long, device=images.device)
-        done = torch.zeros(B, dtype=torch.bool, device=images.device)
-        scores = torch.zeros(B, dtype=A.dtype, device=images.device)
-        tokens, alphas = [], []
-        for _ in range(max_len):
-            logits, state, alpha = self.step(words, state, A, keys)
-            logp = logits.log_softmax(dim=-1)
-            words = logp.argmax(dim=-1)
-            scores += torch.where(done, 0.0, logp.gather(1, words[:, None])[:, 0])
-            words = words.masked_fill(done, self.pad_id)
-            tokens.append(words)
-            alphas.append(alpha.masked_fill(done[:, None], 0.0))
-            done = done | (words == self.eos_id)
-            if done.all():
-                break
-        tokens_t = torch.stack(tokens, dim=1)
-        return Decoded(tokens_t, torch.stack(alphas, dim=1), _lengths(tokens_t, self.eos_id, self.pad_id), scores)
+        return greedy_decode(self.step, self.init_state(A), (A, keys), self.bos_id, self.eos_id, self.pad_id, max_len)
 
     @torch.no_grad()
     def beam_search(self, images: Tensor, beam: int = 3, max_len: int = 12, length_penalty: float = 0.0) -> Decoded:
-        """Keep the ``beam`` most probable partial captions of every image (all images at once).
-
-        Each step expands every live hypothesis by every word and keeps the ``beam`` best sums of
-        log-probabilities (eq-cap-beam). A hypothesis that has emitted ``<eos>`` is finished: it can
-        only be extended by ``<pad>`` at no cost, so its score is frozen while it competes with the
-        live ones. The search stops when every hypothesis of every image is finished, or after
-        ``max_len`` words. The answer is the hypothesis with the best ``score / length**length_penalty``
-        (0: raw sum, which favours short captions; 1: mean log-probability per word).
-        ``beam=1`` is greedy decoding.
-        """
-        if beam < 1:
-            raise ValueError(f"beam must be at least 1, got {beam}")
-        B, k, dev = len(images), beam, images.device
+        """The ``beam`` most probable captions of every image (all images at once), ranked by
+        ``score / length**length_penalty`` (:func:`dlbook.models.decoding.beam_search`, eq-cap-beam);
+        ``beam=1`` is greedy decoding."""
         A = self.encoder(images)
         keys = self.attention.keys(A)
-        h, c = self.init_state(A)
-        # every tensor below is (B * k, ...), hypothesis j of image b at row b * k + j
-        A, keys, h, c = (x.repeat_interleave(k, dim=0) for x in (A, keys, h, c))
-        scores = torch.full((B, k), float("-inf"), dtype=A.dtype, device=dev)
-        scores[:, 0] = 0.0  # one live hypothesis at the start, or the k copies would fill the beam
-        words = torch.full((B * k,), self.bos_id, dtype=torch.long, device=dev)
-        done = torch.zeros(B, k, dtype=torch.bool, device=dev)
-        tokens = torch.zeros(B, k, 0, dtype=torch.long, device=dev)
-        alphas = torch.zeros(B, k, 0, A.shape[1], dtype=A.dtype, device=dev)
-        offset = (torch.arange(B, device=dev) * k)[:, None]
-        for _ in range(max_len):
-            logits, (h, c), alpha = self.step(words, (h, c), A, keys)
-            logp = logits.log_softmax(dim=-1).view(B, k, -1)
-            V = logp.shape[-1]
-            frozen = torch.full_like(logp[0, 0], float("-inf"))
-            frozen[self.pad_id] = 0.0
-            logp = torch.where(done[..., None], frozen, logp)  # a finished hypothesis only grows <pad>
-            best, index = (scores[..., None] + logp).view(B, k * V).topk(k, dim=1)  # (B, k)
-            parent, words = index // V, index % V
-            rows = (offset + parent).view(-1)  # which hypothesis each survivor extends
-            h, c = h[rows], c[rows]
-            tokens = torch.cat([tokens.view(B * k, -1)[rows], words.view(-1, 1)], dim=1).view(B, k, -1)
-            alpha = alpha.masked_fill(done.view(-1, 1), 0.0)
-            alphas = torch.cat([alphas.view(B * k, -1, alpha.shape[-1])[rows], alpha[rows, None]], dim=1)
-            alphas = alphas.view(B, k, -1, alpha.shape[-1])
-            done = done.view(-1)[rows].view(B, k) | (words == self.eos_id)
-            scores, words = best, words.view(-1)
-            if done.all():
-                break
-        lengths = _lengths(tokens.view(B * k, -1), self.eos_id, self.pad_id).view(B, k)
-        ranked = scores / lengths.clamp_min(1).float() ** length_penalty
-        pick = ranked.argmax(dim=1)
-        batch = torch.arange(B, device=dev)
-        return Decoded(tokens[batch, pick], alphas[batch, pick], lengths[batch, pick], scores[batch, pick])
-
-
-def _lengths(tokens: Tensor, eos_id: int, pad_id: int) -> Tensor:
-    """Tokens up to and including the first ``<eos>`` (all non-pad tokens when there is none)."""
-    is_eos = tokens == eos_id
-    first = torch.where(is_eos.any(dim=1), is_eos.float().argmax(dim=1) + 1, (tokens != pad_id).sum(dim=1))
-    return first.long()
+        return beam_search(self.step, self.init_state(A), (A, keys), self.bos_id, self.eos_id, self.pad_id,
+                           beam, max_len, length_penalty)
 
 
 def caption_loss(logits: Tensor, targets: Tensor, pad_id: int = 0) -> Tensor:
