@@ -13,7 +13,15 @@ import soundfile as sf
 from dlbook.data import download
 from dlbook.data import fsdd as fsdd_module
 from dlbook.data.download import ChecksumError, MissingDataError
-from dlbook.data.fsdd import FSDD_RATE, WavFormatError, load_fsdd, parse_name, read_wav, speaker_split
+from dlbook.data.fsdd import (
+    FSDD_RATE,
+    WavFormatError,
+    load_fsdd,
+    load_recording,
+    parse_name,
+    read_wav,
+    speaker_split,
+)
 from dlbook.data.registry import REGISTRY, fsdd_checksums, fsdd_key
 
 REAL = "3_theo_12.wav"
@@ -54,6 +62,9 @@ def test_read_wav_reads_a_real_recording(mirror):
     raw, _ = sf.read(path, dtype="int16")  # 16-bit PCM: float32 is int16 / 32768, exactly
     np.testing.assert_array_equal(wave, raw.astype(np.float32) / 32768)
     assert 0 < np.abs(wave).max() <= 1.0
+    np.testing.assert_array_equal(load_recording(3, "theo", 12), wave)
+    with pytest.raises(ValueError, match="no recording 3_alice_12.wav"):
+        load_recording(3, "alice", 12)
 
 
 def test_wrong_sample_rate_is_refused_or_resampled(tmp_path):

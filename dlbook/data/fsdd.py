@@ -145,6 +145,16 @@ class FSDD:
                 f"{secs.min():.2f}-{secs.max():.2f} s (mean {secs.mean():.2f} s)")
 
 
+def load_recording(digit: int, speaker: str, take: int) -> np.ndarray:
+    """One verified recording, e.g. ``load_recording(3, "theo", 12)`` (``3_theo_12.wav``), without
+    reading the other 2,999 (a lesson that needs a single example stays fast on a cold cache)."""
+    name = f"{digit}_{speaker}_{take}.wav"
+    if name not in fsdd_checksums():
+        raise ValueError(f"no recording {name} in FSDD {FSDD_VERSION}: digits 0-9, takes 0-49, speakers "
+                         f"{', '.join(FSDD_SPEAKERS)}")
+    return read_wav(fetch(fsdd_key(name)))
+
+
 def _cache_stamp() -> str:
     """A digest of every checksum: a different registry gives a different cache file."""
     sums = fsdd_checksums()
@@ -203,5 +213,6 @@ def speaker_split(fsdd: FSDD, held_out: str) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(~test), np.flatnonzero(test)
 
 
-__all__ = ["FSDD", "FSDD_RATE", "FSDD_SPEAKERS", "FSDD_SUMS", "WavFormatError", "load_fsdd", "parse_name",
+__all__ = ["FSDD", "FSDD_RATE", "FSDD_SPEAKERS", "FSDD_SUMS", "WavFormatError", "load_fsdd", "load_recording",
+           "parse_name",
            "read_wav", "speaker_split"]
