@@ -23,11 +23,12 @@ from dlbook.models import ctc_beam
 from dlbook.models.crnn import CRNN, ctc_nll, greedy_decode
 from dlbook.models.spoken_ctc import (
     UtteranceBatches,
+    cmvn,
     decode,
     digit_error_rate,
     edit_distance,
-    log_mel,
     predict_log_probs,
+    utterance_features,
 )
 
 SPEAKERS = ["ann", "bob", "cy"]
@@ -225,15 +226,18 @@ def test_planted_bugs_are_caught_by_the_brute_force(bug: dict) -> None:
 
 # --- features, batches, metric --------------------------------------------------------------
 
-def test_log_mel_equals_librosa() -> None:
-    librosa = pytest.importorskip("librosa")
-    wave = (0.1 * np.random.default_rng(0).standard_normal(4000)).astype(np.float32)
-    ours = log_mel(wave, 8000, n_fft=256, hop=160, n_mels=32).double()
-    mel = librosa.feature.melspectrogram(y=wave.astype(np.float64), sr=8000, n_fft=256, hop_length=160,
-                                         n_mels=32, center=True, pad_mode="constant", power=2.0)
-    ref = torch.log(torch.from_numpy(mel) + 1e-5)
-    assert ours.shape == ref.shape == (32, 26)
-    assert rel_error(ours, ref) < 1e-6  # float32 STFT against librosa's float64
+def test_features_are_the_audio_lessons_log_mel_normalised_per_band() -> None:
+    from dlbook.audio import log_mel_spectrogram
+
+    w, d, s = _fake_recordings()
+    data = make_spoken_strings(w, d, s, 3, seed=0)
+    data.waves = [(0.1 * np.random.default_rng(i).standard_normal(len(x))).astype(np.float32) + x
+                  for i, x in enumerate(data.waves)]
+    feats = utterance_features(data, n_fft=256, hop=160, n_mels=32)
+    for x, f in zip(data.waves, feats):
+        ref = cmvn(log_mel_spectrogram(torch.from_numpy(x), 8000, n_fft=256, hop_length=160, n_mels=32))
+        assert f.shape == (32, 1 + len(x) // 160) and rel_error(f, ref) < 1e-5
+        assert f.mean(1).abs().max() < 1e-4 and (f.std(1) - 1).abs().max() < 1e-2
 
 
 def test_digit_error_rate_equals_torchmetrics_and_a_planted_bug_is_caught() -> None:

@@ -3,10 +3,10 @@
 The pieces around :class:`dlbook.models.crnn.CRNN` that speech needs and text lines did not
 (chapters/fusion/spoken-digit-strings.ipynb):
 
-* :func:`log_mel` turns a waveform into a log-mel spectrogram (torch.stft and librosa's mel
-  filterbank; equal to ``librosa.feature.melspectrogram`` with the same settings) and
-  :func:`utterance_features` normalises each utterance band by band (cepstral mean and variance
-  normalisation), which removes the constant offset a voice or a microphone adds to every frame;
+* :func:`utterance_features` computes the log-mel spectrogram of every utterance with the steps of
+  :mod:`dlbook.audio` (the speech-features lesson) and normalises it band by band (cepstral mean and
+  variance normalisation, :func:`cmvn`), which removes the constant offset a voice or a microphone
+  adds to every frame;
 * utterances have different lengths, so :class:`UtteranceBatches` groups utterances of similar
   length into padded batches and hands ``fit`` the number of valid frames of each;
 * :func:`decode` reads the model's output greedily or with prefix beam search
@@ -20,38 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import audio
 from ..data.digit_strings import labels_to_text
 from ..data.spoken_strings import SpokenStrings
 from .crnn import greedy_decode
 from .ctc_beam import beam_decode
 
 Tensor = torch.Tensor
-FLOOR = 1e-5  # added to the mel power before the log: -11.5 for digital silence, not -inf
-
-
-def mel_filterbank(sample_rate: int = 8000, n_fft: int = 256, n_mels: int = 32) -> Tensor:
-    """(n_mels, n_fft // 2 + 1) triangular mel filters, librosa's defaults (Slaney mel scale, area
-    normalised), up to the Nyquist frequency."""
-    import librosa  # imported here: librosa takes a second to import and only features need it
-
-    return torch.from_numpy(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)).float()
-
-
-def log_mel(wave: np.ndarray | Tensor, sample_rate: int = 8000, n_fft: int = 256, hop: int = 160,
-            n_mels: int = 32, filterbank: Tensor | None = None) -> Tensor:
-    """log(mel power spectrogram + FLOOR): (samples,) -> (n_mels, 1 + samples // hop).
-
-    Frames of ``n_fft`` samples (32 ms at 8 kHz) every ``hop`` samples (20 ms), Hann window, centred
-    frames with zero padding at both ends (librosa's ``center=True, pad_mode="constant"``), |STFT|^2,
-    then the mel filterbank.
-    """
-    x = torch.as_tensor(wave, dtype=torch.float32)
-    fb = mel_filterbank(sample_rate, n_fft, n_mels) if filterbank is None else filterbank
-    spec = torch.stft(x, n_fft, hop, window=torch.hann_window(n_fft), center=True, pad_mode="constant",
-                      return_complex=True).abs() ** 2
-    return torch.log(fb @ spec + FLOOR)
-
-
 def cmvn(features: Tensor) -> Tensor:
     """Per-utterance mean and variance normalisation of each band over time: (M, T) -> (M, T)."""
     mean = features.mean(1, keepdim=True)
@@ -60,9 +35,17 @@ def cmvn(features: Tensor) -> Tensor:
 
 
 def utterance_features(data: SpokenStrings, n_fft: int = 256, hop: int = 160, n_mels: int = 32) -> list[Tensor]:
-    """Normalised log-mel features of every utterance: a list of (n_mels, T_i) float32 tensors."""
-    fb = mel_filterbank(data.sample_rate, n_fft, n_mels)
-    return [cmvn(log_mel(w, data.sample_rate, n_fft, hop, n_mels, fb)) for w in data.waves]
+    """Normalised log-mel features of every utterance: a list of (n_mels, T_i) float32 tensors,
+    T_i = 1 + samples // hop. The steps of :mod:`dlbook.audio` (|STFT|^2 of Hann-windowed frames of
+    ``n_fft`` samples every ``hop``, Slaney mel filterbank, dB with an 80 dB floor below each
+    utterance's peak), then :func:`cmvn`; the filterbank is built once for all utterances."""
+    bank = audio.mel_filterbank(data.sample_rate, n_fft, n_mels).float()
+    window = audio.hann_window(n_fft, dtype=torch.float32)
+    out = []
+    for wave in data.waves:
+        power = audio.power_spectrogram(torch.from_numpy(wave), n_fft, hop, window=window)
+        out.append(cmvn(audio.power_to_db(bank @ power)))
+    return out
 
 
 def pad_features(features: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -163,6 +146,6 @@ def seconds_per_frame(hop: int, sample_rate: int, downsample: int) -> float:
     return hop * downsample / sample_rate
 
 
-__all__ = ["FLOOR", "UtteranceBatches", "cmvn", "decode", "digit_error_rate", "edit_distance", "frames_needed",
-           "log_mel", "mel_filterbank", "pad_features", "predict_log_probs", "seconds_per_frame",
+__all__ = ["UtteranceBatches", "cmvn", "decode", "digit_error_rate", "edit_distance", "frames_needed",
+           "pad_features", "predict_log_probs", "seconds_per_frame",
            "string_accuracy", "utterance_features"]
