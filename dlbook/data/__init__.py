@@ -6,6 +6,16 @@ from .cifar import CIFAR10_CLASSES, CifarSplits, load_cifar10
 from .digit_strings import DigitStrings, load_digit_strings, make_digit_strings
 from .download import ChecksumError, MissingDataError, cache_dir, fetch, sha256_of, verify
 from .fashion_mnist import FASHION_CLASSES, FASHION_MEAN, FASHION_STD, load_fashion_mnist, stratified_split
+from .fsdd import (
+    FSDD,
+    FSDD_RATE,
+    FSDD_SPEAKERS,
+    WavFormatError,
+    load_fsdd,
+    load_recording,
+    read_wav,
+    speaker_split,
+)
 from .mnist import Splits, load_mnist
 from .moving_digits import MovingDigits, load_moving_digits, make_moving_digits
 from .registry import REGISTRY, DataFile, lookup
@@ -34,3 +44,4 @@ __all__ += ["CaptionData", "CaptionVocab", "load_captions", "make_captions", "re
             "DigitStrings", "load_digit_strings", "make_digit_strings",
             "MovingDigits", "load_moving_digits", "make_moving_digits"]
 __all__ += ["RandomCropFlip"]
+__all__ += ["FSDD", "FSDD_RATE", "FSDD_SPEAKERS", "WavFormatError", "load_fsdd", "load_recording", "read_wav", "speaker_split"]
