@@ -6,7 +6,8 @@ Each test's time (setup + call + teardown, as pytest's JUnit report counts it) i
 group: every lesson notebook on its own (a lesson's cells, kernel start included), the solution
 notebooks, the grading and lab tests (their batches are module fixtures, counted on the first
 test), the site build and browser check, and the remaining unit tests. Two pytest workers run
-step 1, so its wall time is about half the sum of its rows. The wall times of the install and of
+step 1 (the lessons and the grading), so its wall time is about half the sum of its rows; step 2
+runs the site build and, beside it, the unit tests. The wall times of the install and of
 the two steps come from ``tools/test`` itself. Output: a Markdown table on stdout and in
 ``<folder>/table.md``.
 """
@@ -76,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ET.ParseError) as error:
         print(f"ci_time_table: {error}", file=sys.stderr)
         return 1
-    walls = {"install (uv, or pip without it; when requirements changed)": args.install, "step 1: tests, notebooks, grading": args.step1,
-             "step 2: site build and browser check": args.step2, "total": args.total}
+    walls = {"install (uv, or pip without it; when requirements changed)": args.install, "step 1: notebooks, labs, grading": args.step1,
+             "step 2: site build and browser check, unit tests beside it": args.step2, "total": args.total}
     text = table(totals, walls)
     (args.folder / "table.md").write_text(text, encoding="utf-8")
     print(text)
