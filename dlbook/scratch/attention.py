@@ -369,6 +369,32 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Te
     return (x - mean) / torch.sqrt(var + eps) * weight + bias
 
 
+def torch_layer_settings(layer: nn.Module) -> tuple[int, int, int, float, str, bool, float]:
+    """``(d_model, heads, dim_feedforward, dropout, activation, norm_first, eps)`` of an
+    ``nn.TransformerEncoderLayer`` or ``nn.TransformerDecoderLayer``, in the order the scratch
+    layers take them; refuses what they do not implement (not batch-first, another activation)."""
+    if not layer.self_attn.batch_first:
+        raise ValueError("the scratch layer is batch-first: build the nn layer with batch_first=True")
+    act = layer.activation
+    name = {F.relu: "relu", F.gelu: "gelu"}.get(act) or type(act).__name__.lower()
+    if name not in ("relu", "gelu"):
+        raise ValueError(f"unsupported activation {act}")
+    return (layer.self_attn.embed_dim, layer.self_attn.num_heads, layer.linear1.out_features, layer.dropout.p, name,
+            layer.norm_first, layer.norm1.eps)
+
+
+def copy_feedforward_and_norms(new: nn.Module, layer: nn.Module, norms: int) -> None:
+    """Copy the feed-forward weights and the ``norms`` LayerNorms of ``layer`` into the scratch ``new``."""
+    with torch.no_grad():
+        for mine, theirs in ((new.linear1, layer.linear1), (new.linear2, layer.linear2)):
+            mine.weight.copy_(theirs.weight)
+            mine.bias.copy_(theirs.bias)
+        for i in range(1, norms + 1):
+            norm = getattr(layer, f"norm{i}")
+            getattr(new, f"norm{i}_weight").copy_(norm.weight)
+            getattr(new, f"norm{i}_bias").copy_(norm.bias)
+
+
 class EncoderLayer(nn.Module):
     """One Transformer encoder layer, as ``nn.TransformerEncoderLayer(batch_first=True)`` computes it.
 
@@ -404,23 +430,10 @@ class EncoderLayer(nn.Module):
     @classmethod
     def from_torch(cls, layer: nn.TransformerEncoderLayer) -> EncoderLayer:
         """A copy of ``layer``'s weights and settings (it must be ``batch_first``, relu or gelu)."""
-        if not layer.self_attn.batch_first:
-            raise ValueError("the scratch layer is batch-first: build the nn layer with batch_first=True")
-        act = layer.activation
-        name = {F.relu: "relu", F.gelu: "gelu"}.get(act) or type(act).__name__.lower()
-        if name not in ("relu", "gelu"):
-            raise ValueError(f"unsupported activation {act}")
-        new = cls(layer.self_attn.embed_dim, layer.self_attn.num_heads, layer.linear1.out_features,
-                  layer.dropout.p, name, layer.norm_first, layer.norm1.eps)
+        new = cls(*torch_layer_settings(layer))
         new = new.to(dtype=layer.linear1.weight.dtype, device=layer.linear1.weight.device)
         new.self_attn = MultiHeadAttention.from_torch(layer.self_attn)
-        with torch.no_grad():
-            for mine, theirs in ((new.linear1, layer.linear1), (new.linear2, layer.linear2)):
-                mine.weight.copy_(theirs.weight)
-                mine.bias.copy_(theirs.bias)
-            for i, norm in ((1, layer.norm1), (2, layer.norm2)):
-                getattr(new, f"norm{i}_weight").copy_(norm.weight)
-                getattr(new, f"norm{i}_bias").copy_(norm.bias)
+        copy_feedforward_and_norms(new, layer, norms=2)
         return new
 
     def _norm(self, x: Tensor, i: int) -> Tensor:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..gradients import GradientReport, compare
-from .attention import MultiHeadAttention, layer_norm
+from .attention import MultiHeadAttention, copy_feedforward_and_norms, layer_norm, torch_layer_settings
 
 # --------------------------------------------------------------------------- LayerNorm backward
 
@@ -130,24 +130,11 @@ class DecoderLayer(nn.Module):
     @classmethod
     def from_torch(cls, layer: nn.TransformerDecoderLayer) -> DecoderLayer:
         """A copy of ``layer``'s weights and settings (``batch_first``, relu or gelu)."""
-        if not layer.self_attn.batch_first:
-            raise ValueError("the scratch layer is batch-first: build the nn layer with batch_first=True")
-        act = layer.activation
-        name = {F.relu: "relu", F.gelu: "gelu"}.get(act) or type(act).__name__.lower()
-        if name not in ("relu", "gelu"):
-            raise ValueError(f"unsupported activation {act}")
-        new = cls(layer.self_attn.embed_dim, layer.self_attn.num_heads, layer.linear1.out_features,
-                  layer.dropout.p, name, layer.norm_first, layer.norm1.eps)
+        new = cls(*torch_layer_settings(layer))
         new = new.to(dtype=layer.linear1.weight.dtype, device=layer.linear1.weight.device)
         new.self_attn = MultiHeadAttention.from_torch(layer.self_attn)
         new.cross_attn = MultiHeadAttention.from_torch(layer.multihead_attn)
-        with torch.no_grad():
-            for mine, theirs in ((new.linear1, layer.linear1), (new.linear2, layer.linear2)):
-                mine.weight.copy_(theirs.weight)
-                mine.bias.copy_(theirs.bias)
-            for i, norm in ((1, layer.norm1), (2, layer.norm2), (3, layer.norm3)):
-                getattr(new, f"norm{i}_weight").copy_(norm.weight)
-                getattr(new, f"norm{i}_bias").copy_(norm.bias)
+        copy_feedforward_and_norms(new, layer, norms=3)
         return new
 
     def _norm(self, x: Tensor, i: int) -> Tensor:
