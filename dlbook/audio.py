@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -147,5 +148,38 @@ def n_frames(n_samples: int | Tensor, hop_length: int) -> int | Tensor:
     return 1 + n_samples // hop_length
 
 
-__all__ = ["dct_matrix", "frame", "hann_window", "hz_to_mel", "log_mel_spectrogram", "mel_filterbank",
+def batch_features(waves: list[np.ndarray] | list[Tensor], sample_rate: int, *, kind: str = "mfcc",
+                   max_samples: int | None = None, chunk: int = 256, dtype: torch.dtype = torch.float32,
+                   **settings) -> tuple[Tensor, Tensor]:
+    """Features of many recordings at once: ``(N, T_max, F)`` frames first (RNN order) and the
+    frame counts ``(N,)``; frames past a recording's count are 0.
+
+    ``kind`` is ``"mfcc"`` or ``"log_mel"`` (keyword ``settings`` go to :func:`mfcc` or
+    :func:`log_mel_spectrogram`). Recordings are cropped to ``max_samples``, sorted by length and
+    processed ``chunk`` at a time as zero-padded batches; a centred analysis pads with zeros
+    anyway, so each recording's valid frames equal its features computed alone
+    (``tests/test_rnn_speech.py`` checks it).
+    """
+    if kind not in ("mfcc", "log_mel"):
+        raise ValueError(f"kind must be 'mfcc' or 'log_mel', got {kind!r}")
+    compute = mfcc if kind == "mfcc" else log_mel_spectrogram
+    hop = settings.get("hop_length", 80)
+    signals = [torch.as_tensor(np.asarray(w)[:max_samples], dtype=dtype) for w in waves]
+    lengths = torch.tensor([len(w) for w in signals])
+    frames = n_frames(lengths, hop)
+    order = torch.argsort(lengths, descending=True)
+    out: Tensor | None = None
+    for start in range(0, len(signals), chunk):
+        idx = order[start : start + chunk]
+        batch = torch.nn.utils.rnn.pad_sequence([signals[i] for i in idx.tolist()], batch_first=True)
+        feats = compute(batch, sample_rate, **settings).transpose(-1, -2)  # (B, T, F)
+        if out is None:
+            out = torch.zeros(len(signals), int(frames.max()), feats.shape[-1], dtype=dtype)
+        for row, i in enumerate(idx.tolist()):
+            out[i, : frames[i]] = feats[row, : frames[i]]
+    assert out is not None, "no recordings"
+    return out, frames
+
+
+__all__ = ["batch_features", "dct_matrix", "frame", "hann_window", "hz_to_mel", "log_mel_spectrogram", "mel_filterbank",
            "mel_to_hz", "mfcc", "n_frames", "power_spectrogram", "power_to_db"]
