@@ -201,7 +201,8 @@ def test_workflow_restores_the_data_mirror_or_downloads_it(name):
     wf = workflow(name)
     (cache,) = uses(wf, "actions/cache")
     assert cache["with"]["path"] == "../shared/data", "tools/env.sh points DLBOOK_DATA_MIRROR at ../shared/data"
-    assert "hashFiles('dlbook/data/registry.py')" in cache["with"]["key"]
+    # the cached mirror is renewed when any registered file or checksum changes
+    assert "hashFiles('dlbook/data/registry.py', 'dlbook/data/fsdd_sha256.txt')" in cache["with"]["key"]
     fetch = [s for s in steps(wf) if "tools/fetch_mirror.py" in s.get("run", "")]
     assert len(fetch) == 1, f"{name}: one step fills the mirror with tools/fetch_mirror.py"
     assert fetch[0].get("if") == f"steps.{cache['id']}.outputs.cache-hit != 'true'", "download only on a miss"
