@@ -2,11 +2,12 @@
 
 The grading checks of ``tests/test_rnn_lab.py``, for the ``fusion`` assignment (the notebook checks
 of ``tests/test_lab_sync.py`` cover every lab folder). One ``grade fusion`` batch, in a temporary
-copy of the course (``labs/`` and ``grading/`` of the repository are never touched), grades four
-submissions: the solution, the lab as released, one with exercise 4 half right, and one with
-*every* exercise half right in the way its hidden tests are meant to catch. The last one shows
+copy of the course (``labs/`` and ``grading/`` of the repository are never touched), grades three
+submissions: the solution, the lab as released, and one with *every* exercise half right in the
+way its hidden tests are meant to catch. The last one shows
 that each exercise's partial credit is real: each passes its visible test and fails its hidden
-one. The same batch checks that ``labs/fusion`` is in sync with ``solutions/fusion``.
+one. A second half-right answer to exercise 4 is checked in-process (visible test passed,
+hidden failed). The same batch checks that ``labs/fusion`` is in sync with ``solutions/fusion``.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ HALF_RIGHT = {
 
 
 class TestFusionLab(EveryExerciseHalfRight):
-    """Exercise 4 decodes the padding frames too: its visible test (full lengths) passes, 13 of 15."""
+    """Exercise 4 decodes the padding frames too: its visible test (full lengths) passes and its hidden test fails (checked in-process)."""
 
     lab = LAB
     exercises = 6

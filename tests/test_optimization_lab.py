@@ -3,10 +3,10 @@
 The grading checks of ``tests/test_rnn_lab.py``, for the ``optimization`` assignment (the notebook
 checks of ``tests/test_lab_sync.py`` cover every lab folder). One ``grade optimization`` batch, in a
 temporary copy of the course (``labs/`` and ``grading/`` of the repository are never touched),
-grades four submissions: the solution, the lab as released, one with exercise 3 half right, and one
-with *every* exercise half right in the way its hidden tests are meant to catch. The last one shows
+grades three submissions: the solution, the lab as released, and one with *every* exercise half right in the way its hidden tests are meant to catch. The last one shows
 that each exercise's partial credit is real: each passes its visible test and fails its hidden
-one. The same batch checks that ``labs/optimization`` is in sync with ``solutions/optimization``.
+one. A second half-right answer to exercise 3 is checked in-process (visible test passed,
+hidden failed). The same batch checks that ``labs/optimization`` is in sync with ``solutions/optimization``.
 """
 
 from __future__ import annotations

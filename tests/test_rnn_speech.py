@@ -123,3 +123,28 @@ def test_batched_features_equal_one_by_one():
         t = audio.n_frames(lengths[i], HOP)
         assert alone.shape[-1] == t
         assert rel_error(together[i, :, :t], alone) < TOL
+
+
+def test_exercise_6_reference_is_librosas_htk_filterbank() -> None:
+    """The mel filterbank the lab asks for (exercise 6, the solution as graded) is
+    ``librosa.filters.mel(..., htk=True)``, without and with Slaney's area normalisation, so the
+    statement's promise holds and the speech lesson's library agrees with the lab."""
+    import math
+    from pathlib import Path
+
+    import librosa
+    import nbformat
+    import numpy as np
+    import torch
+
+    path = Path(__file__).resolve().parents[1] / "solutions" / "rnn" / "rnn-lab.ipynb"
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if c.get("id") == "ex6-solution")
+    namespace = {"math": math, "torch": torch}
+    exec(compile(cell.source, f"{path.name}:ex6-solution", "exec"), namespace)
+    mel_filterbank = namespace["mel_filterbank"]
+    for n_mels, n_fft, sr, f_min, f_max, normalize in [(10, 64, 8000, 0.0, None, False), (26, 512, 16000, 133.0, 6855.0, True),
+                                                       (40, 255, 22050, 50.0, 8000.0, True), (20, 256, 8000, 300.0, None, False)]:
+        ours = mel_filterbank(n_mels, n_fft, sr, f_min, f_max, normalize).numpy()
+        theirs = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max, htk=True,
+                                     norm="slaney" if normalize else None, dtype=np.float64)
+        assert np.abs(ours - theirs).max() <= 1e-10 * np.abs(theirs).max(), (n_mels, n_fft, sr, f_min, normalize)
