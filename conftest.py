@@ -64,16 +64,52 @@ def _file_rank(item) -> int:
     return 1 if item.path.suffix == ".ipynb" else 2
 
 
+# The measured seconds of each lesson under nbval (the table tools/test writes at the end of a
+# full run, committed as the first section of benchmarks/results/ci-times-cpu.md): the order
+# among the lessons. A lesson
+# not in the table yet counts as a long one, so it is not left for the end.
+_LESSON_TIMES = ROOT / "benchmarks" / "results" / "ci-times-cpu.md"
+_UNMEASURED_SECONDS = 30.0
+
+
+def _lesson_seconds() -> dict[str, float]:
+    if not _LESSON_TIMES.is_file():
+        return {}
+    seconds = {}
+    for line in _LESSON_TIMES.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            break  # the newest run is the file's first section; older runs follow
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].count("/") == 1 and not cells[0].startswith("*"):
+            try:
+                seconds[cells[0]] = float(cells[1])
+            except ValueError:
+                continue
+    return seconds
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Longest work first. Under ``--dist loadfile`` (with ``--no-loadscope-reorder``) each worker
     takes the next file in this order when it is free; a long file taken last keeps one worker busy
     while the other idles, so the long files go first and the short ones fill the gaps at the end
-    (the longest-processing-time-first rule). Files stay contiguous and keep their own order."""
+    (the longest-processing-time-first rule): grading batches, then lessons from the slowest measured
+    to the fastest, then the rest. Files stay contiguous and keep their own order."""
     rank: dict[str, int] = {}
     for item in items:
         path = str(item.path)
         rank[path] = min(rank.get(path, 2), _file_rank(item))
-    items.sort(key=lambda item: rank[str(item.path)])  # stable: collection order within a rank
+    measured = _lesson_seconds()
+
+    def lesson_key(path: str) -> float:
+        rel = Path(path).resolve()
+        try:
+            name = rel.relative_to(ROOT / "chapters").with_suffix("").as_posix()
+        except ValueError:
+            return 0.0
+        return -measured.get(name, _UNMEASURED_SECONDS)
+
+    # stable: collection order within a file and among equals
+    items.sort(key=lambda item: (rank[str(item.path)], lesson_key(str(item.path)) if rank[str(item.path)] == 1 else 0.0))
 
 
 @pytest.fixture(autouse=True)
