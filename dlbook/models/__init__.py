@@ -8,7 +8,10 @@
   :mod:`~dlbook.models.sequence_classifiers`, :mod:`~dlbook.models.text_classifiers` - the
   recurrent and attention models of the RNN and fusion chapters; :mod:`~dlbook.models.decoder` - the
   decoder-only character Transformer with its key-value cache; :mod:`~dlbook.models.unet` - the
-  segmentation network. Only the CNN family is re-exported here; import the others from their module.
+  segmentation network; :mod:`~dlbook.models.autoencoder`, :mod:`~dlbook.models.vae`,
+  :mod:`~dlbook.models.gan` and :mod:`~dlbook.models.diffusion` - the generative chapter's models,
+  each with a ``train_<model>`` and a ``sample_<model>`` of the same shape. Only the CNN family is
+  re-exported here; import the others from their module.
 """
 
 from .cnn import (
