@@ -3,13 +3,16 @@ the ring of Gaussians on which GANs drop modes.
 
 The equations are derived on ``chapters/generative/gan-derivation.md``:
 
-* the value of the game, V(D, G) = E_p[log D(x)] + E_z[log(1 - D(G(z)))]          (eq-gand-value)
-* the optimal discriminator, D*(x) = p(x) / (p(x) + q(x)) = sigmoid(log p - log q) (eq-gand-dstar)
-* the generator's objective at D*, V(D*, q) = 2 JSD(p || q) - log 4                (eq-gand-jsd)
+* the value of the game, V(D, G) = E_p[log D(x)] + E_z[log(1 - D(G(z)))]           (eq-gand-value)
+* the optimal discriminator, D*(x) = p(x) / (p(x) + q(x)) = sigmoid(log p - log q)  (eq-gand-dstar,
+  eq-gand-dstar-logit)
+* the generator's objective at D*, V(D*, q) = 2 JSD(p || q) - log 4                 (eq-gand-jsd)
 * the losses from logits l, with -log sigmoid(l) = softplus(-l) and
-  -log(1 - sigmoid(l)) = softplus(l)                                               (eq-gand-losses)
+  -log(1 - sigmoid(l)) = softplus(l)                     (eq-gand-softplus, eq-gand-d-loss, eq-gand-g-losses)
 * their gradients: d/dl of the saturating loss log(1 - sigmoid(l)) is -sigmoid(l), of the
-  non-saturating loss -log sigmoid(l) it is -(1 - sigmoid(l))                      (eq-gand-grads)
+  non-saturating loss -log sigmoid(l) it is -(1 - sigmoid(l))                       (eq-gand-grads)
+* a sample belongs to a mode of the ring when within 3 standard deviations of its centre, which
+  holds for a fraction 1 - exp(-9/2) of that mode's own samples                     (eq-gand-3sigma)
 
 The networks are the DCGAN recipe of Radford et al. (2016) at Fashion-MNIST's 28 x 28: a generator
 of transposed convolutions with batch norm and ReLU ending in tanh (so it works in [-1, 1]), a
@@ -36,12 +39,12 @@ from tqdm.auto import tqdm
 
 Tensor = torch.Tensor
 
-# --- the losses, from logits (eq-gand-losses) ------------------------------------------------------
+# --- the losses, from logits (eq-gand-softplus) ----------------------------------------------------
 
 
 def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """The discriminator's loss -V from logits: mean of -log D(x) over real plus mean of
-    -log(1 - D(G(z))) over fake, written as softplus(-l) and softplus(l) (eq-gand-losses).
+    -log(1 - D(G(z))) over fake, written as softplus(-l) and softplus(l) (eq-gand-d-loss).
 
     ``real_logits`` and ``fake_logits`` are the discriminator's outputs before the sigmoid, any
     shapes (each averaged over its own elements). softplus never forms sigmoid(l), so a confident
@@ -53,7 +56,7 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
 
 
 def generator_loss(fake_logits: Tensor, non_saturating: bool = True) -> Tensor:
-    """The generator's loss from the discriminator's logits on fakes (eq-gand-losses).
+    """The generator's loss from the discriminator's logits on fakes (eq-gand-g-losses).
 
     ``non_saturating=True``: mean of -log D(G(z)) = softplus(-l), the loss GANs train with.
     ``non_saturating=False``: mean of log(1 - D(G(z))) = -softplus(l), the minimax game's own
@@ -751,5 +754,10 @@ def mode_coverage(samples: Tensor, centres: Tensor, std: float, min_share: float
 def build_ring_gan(members: int = 1, latent_dim: int = 2, hidden: int = 64) -> GAN:
     """``members`` independent small MLP GANs for the ring, trained side by side by one
     :func:`adversarial_fit` (PyTorch's default initialisation from the global RNG). Their real
-    data are (N, members, 2): each member its own sample of the ring."""
+    data are (N, members, 2): each member its own sample of the ring.
+
+    The losses average over the members, so each member's gradient is 1/members of what it would be
+    alone; Adam's update does not depend on the gradient's scale (up to its epsilon), so each member
+    trains as it would in a run of its own, for little more than the price of one run.
+    """
     return GAN(RingGenerator(members, latent_dim, hidden, 2), RingDiscriminator(members, 2, hidden))
