@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.distance import jensenshannon
 
+import dlbook
 from dlbook.gradients import rel_error
 from dlbook.models.gan import (
     GAN,
@@ -49,6 +50,7 @@ from dlbook.models.gan import (
     sample_ring,
     train_gan,
 )
+from dlbook.train import fit
 
 f64 = torch.float64
 P = Mixture1D((0.5, 0.5), (-2.0, 1.5), (0.6, 0.8))
@@ -83,6 +85,31 @@ def test_optimal_discriminator_maximises_the_value() -> None:
         other = gan_value(lambda x, s=shift: optimal_discriminator_logit(P.log_prob(x), Q.log_prob(x)) + s, P, Q)
         assert other < v_star
     assert gan_value(lambda x: np.zeros_like(x), P, P) == pytest.approx(-math.log(4), abs=1e-10)
+
+
+def test_trained_discriminator_finds_d_star_within_the_sampling_tolerance() -> None:
+    """The lesson's Proof 1: an MLP classifier trained on samples of p and q is within 3 binomial
+    standard errors (bins of width 0.5) of D* wherever a bin would hold 100 samples or more."""
+    n = 4_000
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([P.sample(n, gen), Q.sample(n, gen)])
+    y = torch.cat([torch.ones(n), torch.zeros(n)])
+    dlbook.seed_everything(0)
+    disc = MLPDiscriminator(in_dim=1, hidden=32, layers=2)
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    fit(disc, (x, y), optimizer=opt, epochs=40, batch_size=512, loss_fn=F.binary_cross_entropy_with_logits,
+        scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, 40 * 16), scheduler_step="batch",
+        device=torch.device("cpu"), progress=False, seed=0)
+    grid = np.linspace(-5, 5, 401)
+    with torch.no_grad():
+        learned = torch.sigmoid(disc(torch.from_numpy(grid).float()[:, None])).double().numpy()
+    d_star = optimal_discriminator(P.log_prob(grid), Q.log_prob(grid))
+    count = n * (np.exp(P.log_prob(grid)) + np.exp(Q.log_prob(grid))) * 0.5
+    tolerance = 3 * np.sqrt(d_star * (1 - d_star) / count)
+    inside = count >= 100
+    assert (np.abs(learned - d_star) / tolerance)[inside].max() <= 1
+    # the planted bug q / (p + q) is far outside the same tolerance
+    assert (np.abs(learned - (1 - d_star)) / tolerance)[inside].max() > 5
 
 
 def test_optimal_discriminator_values_and_stability() -> None:
@@ -335,6 +362,18 @@ def test_generator_gradient_norms_rows() -> None:
     assert all(r["sat"] > 0 and r["ns"] > 0 and 0 < r["d_fake"] < 1 for r in rows)
     with pytest.raises(ValueError):
         generator_gradient_norms(gan, _tiny_images(), checkpoints=(2, 1))
+
+
+def test_non_saturating_gradient_dominates_once_the_discriminator_is_confident() -> None:
+    """The lesson's measurement at initialisation, on synthetic 'real' images (bright squares)."""
+    real = -torch.ones(256, 1, 28, 28)
+    real[:, :, 8:20, 8:20] = 1.0
+    torch.manual_seed(0)
+    gan = build_dcgan(latent_dim=8, width=8)
+    rows = generator_gradient_norms(gan, real, checkpoints=(0, 40), batch_size=32, lr=1e-3)
+    first, last = rows
+    assert 0.2 < first["ns"] / first["sat"] < 5  # an untrained discriminator: same size
+    assert last["d_fake"] < 0.1 and last["ns"] > 10 * last["sat"]
 
 
 # --------------------------------------------------------------------------- ring and measures
