@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..runtime import device as default_device
+
 Tensor = torch.Tensor
 
 # --- the losses, from logits (eq-gand-softplus) ----------------------------------------------------
@@ -605,7 +607,9 @@ def train_gan(
     ((0.5, 0.999)), ``d_steps`` (1), ``non_saturating`` (True), ``snapshot_steps`` (()) and
     ``snapshot_count`` (16). With ``labels`` ((N,) class ids 0..9) the GAN is conditional and
     :func:`sample_gan` then takes labels too. The images are mapped to [-1, 1] for the tanh
-    generator; the model's ``history`` holds the losses and snapshots (in [0, 1]).
+    generator; the model's ``history`` holds the losses and snapshots (in [0, 1]). ``device``
+    defaults to :func:`dlbook.runtime.device` (the best accelerator); ``seed`` fixes the initial
+    weights, the batches and the noise; ``progress`` shows a tqdm bar over the steps.
     """
     _check_images(train_images)
     cfg = gan_config(config)
@@ -622,7 +626,7 @@ def train_gan(
     noise_rng = torch.Generator().manual_seed(seed + 1)
     snap_noise = latent_noise(cfg["snapshot_count"], cfg["latent_dim"], noise_rng)
     snap_labels = torch.arange(cfg["snapshot_count"]) % num_classes if num_classes else None
-    device = device or torch.device("cpu")
+    device = device or default_device()
     history = adversarial_fit(
         gan, train_images * 2 - 1, steps=int(steps), batch_size=cfg["batch_size"], lr_g=cfg["lr"], lr_d=cfg["lr"],
         betas=tuple(cfg["betas"]), d_steps=cfg["d_steps"], non_saturating=cfg["non_saturating"], labels=labels,
