@@ -222,3 +222,19 @@ def test_box_iou_matches_torchvision() -> None:
     wh = torch.rand(30, 2, generator=gen, dtype=torch.float64) * 20 + 1
     boxes = torch.cat([xy, xy + wh], 1)
     torch.testing.assert_close(box_iou(boxes[:12], boxes[12:]), tv_box_iou(boxes[:12], boxes[12:]))
+
+
+def test_block_bias_adds_to_each_block_and_zero_bias_changes_nothing():
+    torch.manual_seed(0)
+    model = UNetSmall(widths=(4, 8, 16)).eval()
+    x = torch.randn(2, 1, 12, 12)
+    widths = [4, 8, 16, 8, 4]  # encoder blocks, then decoder blocks
+    zeros = [torch.zeros(2, w, 1, 1) for w in widths]
+    assert torch.equal(model(x, block_bias=zeros), model(x))
+    # a bias on the last block only moves the output by the head's 1x1 weights times that bias
+    last = [torch.zeros(2, w, 1, 1) for w in widths[:-1]] + [torch.ones(2, 4, 1, 1)]
+    shift = model(x, block_bias=last) - model(x)
+    expected = model.head.weight.sum().expand_as(shift)
+    assert torch.allclose(shift, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="one tensor per conv block"):
+        model(x, block_bias=zeros[:-1])

@@ -272,20 +272,7 @@ class TimeUNet(nn.Module):
             if labels is None:
                 raise ValueError("this model is class-conditional: pass labels")
             e = e + self.class_emb(labels)
-        biases = iter(layer(e)[:, :, None, None] for layer in self.to_bias)
-        u = self.unet
-        saved = []
-        for i, block in enumerate(u.down):
-            x = block(x) + next(biases)
-            if i < len(u.down) - 1:
-                saved.append(x)
-                x = u.pool(x)
-        for up, block in zip(u.up, u.decode):
-            skip = saved.pop()
-            x = up(x)
-            x = F.pad(x, (0, skip.shape[-1] - x.shape[-1], 0, skip.shape[-2] - x.shape[-2]))  # as UNetSmall does
-            x = block(torch.cat([skip, x], dim=1)) + next(biases)
-        return u.head(x)
+        return self.unet(x, block_bias=[layer(e)[:, :, None, None] for layer in self.to_bias])
 
 
 class DDPM(nn.Module):

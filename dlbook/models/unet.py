@@ -61,10 +61,19 @@ class UNetSmall(nn.Module):
             prev = w
         self.head = nn.Conv2d(prev, out_ch, kernel_size=1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, block_bias: Sequence[Tensor] | None = None) -> Tensor:
+        """``block_bias``: optional tensors added to each conv block's output, the encoder's blocks
+        first, then the decoder's (broadcast, e.g. (N, C, 1, 1)); how a diffusion model's time
+        step conditions this network (``dlbook.models.diffusion.TimeUNet``)."""
+        n_blocks = len(self.down) + len(self.decode)
+        if block_bias is not None and len(block_bias) != n_blocks:
+            raise ValueError(f"block_bias needs one tensor per conv block ({n_blocks}), got {len(block_bias)}")
+        biases = iter(block_bias) if block_bias is not None else None
         saved = []
         for i, block in enumerate(self.down):
             x = block(x)
+            if biases is not None:
+                x = x + next(biases)
             if i < len(self.down) - 1:
                 saved.append(x)
                 x = self.pool(x)
@@ -74,6 +83,8 @@ class UNetSmall(nn.Module):
             # An odd size was floored by pooling: pad the upsampled map (right/bottom) back.
             x = F.pad(x, (0, skip.shape[-1] - x.shape[-1], 0, skip.shape[-2] - x.shape[-2]))
             x = block(torch.cat([skip, x], dim=1) if self.skips else x)
+            if biases is not None:
+                x = x + next(biases)
         return self.head(x)
 
 
