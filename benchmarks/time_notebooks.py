@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 
 # A lesson's outcome check prints its measured value beside its target ("... 0.9915 (target 0.98)").
-OUTCOME = re.compile(r"target\s*(?:of|at least|<=|>=|<|>|≤|≥)?\s*[-+]?[\d.]")
+OUTCOME = re.compile(r"target\s*(?:of|at least|at most|<=|>=|<|>|≤|≥)?\s*[-+]?[\d.]")
 
 
 def outcome_lines(nb: nbformat.NotebookNode) -> list[str]:

@@ -85,7 +85,9 @@ def test_notebook_timer_keeps_the_outcome_lines() -> None:
     cell = nbformat.v4.new_code_cell("print(...)")
     cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=(
         "training 3 epochs\nval accuracy 0.9915 (target 0.98)\n"
-        "target 'First Citizen'\nMSE 0.0020 (target <= 0.03 in the quick profile)\n"))]
+        "target 'First Citizen'\nMSE 0.0020 (target <= 0.03 in the quick profile)\n"
+        "angle 0.35 (target at most 1.0)\n"))]
     nb = nbformat.v4.new_notebook(cells=[cell])
     assert module.outcome_lines(nb) == ["val accuracy 0.9915 (target 0.98)",
-                                        "MSE 0.0020 (target <= 0.03 in the quick profile)"]
+                                        "MSE 0.0020 (target <= 0.03 in the quick profile)",
+                                        "angle 0.35 (target at most 1.0)"]
