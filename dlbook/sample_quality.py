@@ -343,7 +343,7 @@ def class_scores(probs: Tensor) -> dict[str, float]:
     freq = counts / counts.sum()
     nonzero = freq[freq > 0]
     return {"mean_max_prob": float(p.max(1).values.mean()),
-            "class_entropy": float(-(nonzero * nonzero.log2()).sum())}
+            "class_entropy": float(-(nonzero * nonzero.log2()).sum()) + 0.0}  # + 0.0: no "-0.0" for one class
 
 
 def conditional_accuracy(classifier: FashionClassifier, sampler: Sampler, n_per_class: int, *,
