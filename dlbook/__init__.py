@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["by_profile", "device", "profile", "seed_everything", "setup"]
 
 
