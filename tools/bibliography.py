@@ -40,10 +40,13 @@ def chapters() -> list[tuple[str, list[Path]]]:
     """(caption, pages) of each toc part that holds chapters with citations, in order."""
     toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
     parts = []
+    def entries(node: dict) -> list[str]:  # a page, then its sections, at any depth (derivations nest)
+        return [node["file"], *(e for s in node.get("sections", []) for e in entries(s))]
+
     for part in toc["parts"]:
         files = []
         for chapter in part["chapters"]:
-            for entry in [chapter["file"], *(s["file"] for s in chapter.get("sections", []))]:
+            for entry in entries(chapter):
                 files += [p for p in (ROOT / f"{entry}.md", ROOT / f"{entry}.ipynb") if p.is_file()]
         parts.append((part["caption"], files))
     return parts

@@ -172,8 +172,8 @@ def posterior_mean_from_eps(xt: Tensor, eps: Tensor, t: int | Tensor, alphas_cum
 def forward_chain(x0: Tensor, alphas_cumprod: Tensor, n_chains: int, *, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Run the one-step forward process (eq-gen-dd-forward) T times from the same x0, ``n_chains`` times.
 
-    Returns ``(xs, noises)``: xs of shape (T + 1, n_chains, *x0.shape) with xs[0] = x0, and the
-    ε_1..ε_T drawn, shape (T, n_chains, *x0.shape), in x0's dtype (float64 for the proofs).
+    Returns ``(xs, noises)``: xs of shape ``(T + 1, n_chains, *x0.shape)`` with xs[0] = x0, and the
+    ε_1..ε_T drawn, shape ``(T, n_chains, *x0.shape)``, in x0's dtype (float64 for the proofs).
     """
     if n_chains < 1:
         raise ValueError(f"n_chains must be at least 1, got {n_chains}")

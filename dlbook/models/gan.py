@@ -50,7 +50,7 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
 
     ``real_logits`` and ``fake_logits`` are the discriminator's outputs before the sigmoid, any
     shapes (each averaged over its own elements). softplus never forms sigmoid(l), so a confident
-    discriminator (|l| in the hundreds) gives a finite loss where log(sigmoid(l)) would be -inf.
+    discriminator (:math:`|l|` in the hundreds) gives a finite loss where log(sigmoid(l)) would be -inf.
     """
     _check_logits(real_logits, "real_logits")
     _check_logits(fake_logits, "fake_logits")
@@ -86,7 +86,7 @@ def probability_form_losses(real_logits: Tensor, fake_logits: Tensor) -> dict[st
 
     Returns ``{"discriminator", "saturating", "non_saturating"}``. Mathematically equal to
     :func:`discriminator_loss` and :func:`generator_loss`; numerically, sigmoid(l) rounds to
-    exactly 1 (or 0) at large |l| (l > 17 in float32) and the log of 1 - 1 is -inf.
+    exactly 1 (or 0) at large :math:`|l|` (l > 17 in float32) and the log of 1 - 1 is -inf.
     """
     d_real, d_fake = torch.sigmoid(real_logits), torch.sigmoid(fake_logits)
     return {"discriminator": -(torch.log(d_real).mean() + torch.log(1 - d_fake).mean()),
