@@ -43,6 +43,13 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   else
     (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet -r requirements.lock)
   fi
+  # uv takes a version's files from the first index that has it: for soundfile that can be the pure
+  # wheel, which needs the system's libsndfile (a clean clone's speech lessons failed on a machine
+  # without it, 2026-12-07). pip ranks the wheels by platform tag and takes the one that bundles it.
+  if ! "$VENV/bin/python" -c "import soundfile" >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip install --quiet --force-reinstall --no-deps --only-binary :all: \
+      "$(grep -m1 '^soundfile==' "$ROOT/requirements.lock")"
+  fi
   echo "$WANT" > "$STAMP"
 fi
 

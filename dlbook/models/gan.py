@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..runtime import device as default_device
+from ..sample_quality import frechet_distance, gaussian_stats
 
 Tensor = torch.Tensor
 
@@ -683,24 +684,21 @@ def pca_frechet_distance(reference: Tensor, samples: Tensor, pca: tuple[Tensor, 
     """The Frechet distance between Gaussians fitted to two image sets in the space of a
     :func:`pixel_pca` (float64):
 
-        ||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)).
+        ||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)),
 
-    A cheap stand-in, in pixel space, for the feature-space Frechet distance of lesson 6.5: 0 for
-    identical statistics, larger the more the means and covariances differ.
+    computed by lesson 6.5's :func:`dlbook.sample_quality.frechet_distance` (the chapter's one
+    implementation of the equation). A cheap stand-in, in pixel space, for that lesson's
+    feature-space distance: 0 for identical statistics, larger the more the means and covariances
+    differ.
     """
-    from scipy.linalg import sqrtm
-
     centre, directions = pca
-    proj = []
+    stats = []
     for images in (reference, samples):
         flat = images.reshape(len(images), -1).double()
         if flat.shape[1] != centre.numel():
             raise ValueError(f"images of {flat.shape[1]} pixels do not match the PCA's {centre.numel()}")
-        proj.append(((flat - centre) @ directions.T).numpy())
-    mu = [p.mean(0) for p in proj]
-    cov = [np.atleast_2d(np.cov(p, rowvar=False)) for p in proj]
-    root = sqrtm(cov[0] @ cov[1]).real
-    return float(((mu[0] - mu[1]) ** 2).sum() + np.trace(cov[0] + cov[1] - 2 * root))
+        stats.append(gaussian_stats((flat - centre) @ directions.T))
+    return frechet_distance(*stats[0], *stats[1])
 
 
 # --- the ring of Gaussians and mode counting -------------------------------------------------------
