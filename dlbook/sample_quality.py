@@ -290,28 +290,27 @@ def load_classifier(config: Mapping[str, Any] | None = None, *, device: torch.de
 
 
 @torch.no_grad()
-def classifier_features(classifier: FashionClassifier, images: Tensor, batch_size: int = 1000) -> Tensor:
-    """The penultimate features (N, D) of ``images`` (N, 1, 28, 28) in [0, 1], in float64 on the CPU."""
+def _in_batches(classifier: FashionClassifier, forward: Callable[[Tensor], Tensor], images: Tensor,
+                batch_size: int) -> Tensor:
+    """``forward`` (a method of ``classifier``) over ``images`` in eval mode, batch by batch, as
+    float64 on the CPU; the classifier's mode is restored afterwards."""
     _check_images(images)
     was_training = classifier.training
     classifier.eval()
     dtype = next(classifier.parameters()).dtype
-    out = torch.cat([classifier.features(images[i:i + batch_size].to(dtype)).double()
-                     for i in range(0, len(images), batch_size)])
+    out = torch.cat([forward(images[i:i + batch_size].to(dtype)).double() for i in range(0, len(images), batch_size)])
     classifier.train(was_training)
     return out
 
 
-@torch.no_grad()
+def classifier_features(classifier: FashionClassifier, images: Tensor, batch_size: int = 1000) -> Tensor:
+    """The penultimate features (N, D) of ``images`` (N, 1, 28, 28) in [0, 1], in float64 on the CPU."""
+    return _in_batches(classifier, classifier.features, images, batch_size)
+
+
 def predict_proba(classifier: FashionClassifier, images: Tensor, batch_size: int = 1000) -> Tensor:
     """Class probabilities (N, 10) of ``images`` (N, 1, 28, 28) in [0, 1], float64 on the CPU."""
-    _check_images(images)
-    was_training = classifier.training
-    classifier.eval()
-    dtype = next(classifier.parameters()).dtype
-    logits = torch.cat([classifier(images[i:i + batch_size].to(dtype)).double() for i in range(0, len(images), batch_size)])
-    classifier.train(was_training)
-    return logits.softmax(1)
+    return _in_batches(classifier, classifier, images, batch_size).softmax(1)
 
 
 def classifier_frechet_distance(classifier: FashionClassifier, images1: Tensor, images2: Tensor) -> float:
