@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..runtime import device as default_device
 from ..sample_quality import frechet_distance, gaussian_stats
+from .autoencoder import check_images  # the chapter's image convention, checked in one place
 
 Tensor = torch.Tensor
 
@@ -582,14 +583,6 @@ def build_dcgan(latent_dim: int = 64, width: int = 32, num_classes: int | None =
     return gan
 
 
-def _check_images(images: Tensor) -> None:
-    if not isinstance(images, Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != (1, 28, 28):
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"train_images must be a float tensor (N, 1, 28, 28), got {shape}")
-    if not images.is_floating_point() or images.min() < 0 or images.max() > 1:
-        raise ValueError("train_images must be floats in [0, 1] (the chapter's convention)")
-
-
 def train_gan(
     train_images: Tensor,
     config: Mapping[str, Any],
@@ -612,7 +605,7 @@ def train_gan(
     defaults to :func:`dlbook.runtime.device` (the best accelerator); ``seed`` fixes the initial
     weights, the batches and the noise; ``progress`` shows a tqdm bar over the steps.
     """
-    _check_images(train_images)
+    check_images(train_images, "train_images")
     cfg = gan_config(config)
     num_classes = None
     if labels is not None:
